@@ -1,0 +1,1 @@
+"""Command-line programs: thin entry points over the library. Imported as `hslm.apps`."""

@@ -1,0 +1,197 @@
+"""Text generation with the PyTorch model: greedy and sampling, stop tokens/strings, streaming.
+
+Sampling follows transformers' semantics and order: repetition penalty, temperature, top-k,
+top-p, min-p. `temperature=0` means greedy. A seed gives the same text every time.
+
+Streaming works on the UTF-8 bytes each token contributes (byte-fallback tokens carry single
+bytes), decoded incrementally, so a Devanagari character is never split across two pieces.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from hslm.model import Gemma3
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the sequence
+    stop_token_ids: Sequence[int] = ()  # added to the tokenizer's eos / end_of_turn
+    stop_strings: Sequence[str] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 0, "max_new_tokens must be >= 0"),
+            (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "stop" (stop token or string) or "length"
+
+
+def process_logits(logits: torch.Tensor, params: SamplingParams,
+                   seen_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply repetition penalty and the sampling filters to logits [vocab] (fp32).
+
+    Filtered-out tokens get -inf. Greedy decoding only applies the repetition penalty.
+    """
+    logits = logits.float().clone()
+    if params.repetition_penalty != 1.0 and seen_ids is not None and seen_ids.numel():
+        seen = logits[seen_ids]
+        logits[seen_ids] = torch.where(seen < 0, seen * params.repetition_penalty,
+                                       seen / params.repetition_penalty)
+    if params.greedy:
+        return logits
+    logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits)  # ascending, as transformers
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        remove_sorted = cumulative <= 1 - params.top_p
+        remove_sorted[-1] = False  # always keep the most likely token
+        logits = logits.masked_fill(remove_sorted.scatter(0, order, remove_sorted), float("-inf"))
+    if params.min_p > 0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def choose_token(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator | None) -> int:
+    if params.greedy:
+        return int(logits.argmax())
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=rng))
+
+
+@torch.inference_mode()
+def generate_ids(model: Gemma3, prompt_ids: Sequence[int], params: SamplingParams,
+                 stop_token_ids: Sequence[int] = ()) -> Iterator[int]:
+    """Yield new token ids one at a time; a stop token ends the stream and is not yielded."""
+    if not prompt_ids:
+        raise ValueError("the prompt is empty: give at least one token (e.g. <bos>)")
+    limit = model.config.context_length
+    if len(prompt_ids) >= limit:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {limit}")
+    device = model.embed.weight.device
+    rng = None
+    if params.seed is not None:
+        rng = torch.Generator(device=device).manual_seed(params.seed)
+    stops = set(stop_token_ids) | set(params.stop_token_ids)
+    ids = torch.tensor(prompt_ids, dtype=torch.long, device=device)
+    max_new = min(params.max_new_tokens, limit - len(prompt_ids))
+    cache = model.new_cache(batch_size=1)
+    step_input = ids[None]
+    for _ in range(max_new):
+        logits = model(step_input, cache=cache, last_only=True)[0, -1]
+        token = choose_token(process_logits(logits, params, ids), params, rng)
+        if token in stops:
+            return
+        yield token
+        ids = torch.cat((ids, ids.new_tensor([token])))
+        step_input = ids[None, -1:]
+
+
+class TextStream:
+    """Turns token ids into text pieces: whole characters only, stop strings cut off."""
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str] = ()):
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stop_strings = [s for s in stop_strings if s]
+        self.pending = ""  # decoded text held back because it may begin a stop string
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Text that is now final after `token_id` ('' while a character or stop string is open)."""
+        self.pending += self.decoder.decode(self.tokenizer.piece_bytes(token_id))
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        self.pending += self.decoder.decode(b"", final=True)
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        for stop in self.stop_strings:
+            at = self.pending.find(stop)
+            if at >= 0:
+                self.stopped = True
+                out, self.pending = self.pending[:at], ""
+                return out
+        hold = 0 if final else self._open_stop_prefix()
+        out = self.pending[:len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold:]
+        return out
+
+    def _open_stop_prefix(self) -> int:
+        """Length of the longest end of `pending` that is the start of a stop string."""
+        longest = 0
+        for stop in self.stop_strings:
+            for n in range(min(len(stop) - 1, len(self.pending)), longest, -1):
+                if self.pending.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
+
+
+def stream(model: Gemma3, tokenizer, prompt: str | Sequence[int],
+           params: SamplingParams | None = None, add_bos: bool = True,
+           result: Generation | None = None) -> Iterator[str]:
+    """Yield generated text piece by piece. Pass `result` to receive ids and finish reason."""
+    params = params or SamplingParams()
+    prompt_ids = tokenizer.encode(prompt, add_bos=add_bos) if isinstance(prompt, str) else list(prompt)
+    result = result if result is not None else Generation(text="")
+    text_stream = TextStream(tokenizer, params.stop_strings)
+    stops = (tokenizer.eos_id, tokenizer.end_of_turn_id)
+    result.finish_reason = "stop"
+    produced = 0
+    for token in generate_ids(model, prompt_ids, params, stops):
+        produced += 1
+        result.token_ids.append(token)
+        piece = text_stream.push(token)
+        if piece:
+            result.text += piece
+            yield piece
+        if text_stream.stopped:
+            return
+    piece = text_stream.finish()
+    if piece:
+        result.text += piece
+        yield piece
+    if produced == params.max_new_tokens or len(prompt_ids) + produced >= model.config.context_length:
+        result.finish_reason = "length"
+
+
+def generate(model: Gemma3, tokenizer, prompt: str | Sequence[int],
+             params: SamplingParams | None = None, add_bos: bool = True) -> Generation:
+    """Generate a whole answer; see `stream` for the piece-by-piece form."""
+    result = Generation(text="")
+    for _ in stream(model, tokenizer, prompt, params, add_bos, result):
+        pass
+    return result

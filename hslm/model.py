@@ -1,0 +1,306 @@
+"""The Gemma 3 text model, readable top to bottom.
+
+    tokens -> embedding * sqrt(hidden) -> N x Block -> RMSNorm -> tied output head -> logits
+
+    Block:  x = x + post_attn_norm(Attention(input_norm(x)))
+            x = x + post_ffn_norm(GatedGELU(pre_ffn_norm(x)))
+
+Attention uses grouped-query heads, RMSNorm on queries and keys, and rotate-half RoPE. Layers are
+either *sliding* (a token sees itself and the `sliding_window - 1` tokens before it, RoPE base
+10k) or *global* (the whole causal context, RoPE base 1M). Numerics follow Hugging Face's
+`Gemma3ForCausalLM`: norms and the embedding scale are computed in fp32.
+
+Positions: a batch may be left-padded. `attention_mask` (1 = token, 0 = padding) is over every
+column seen so far, and `position_ids` default to the count of real tokens before each one.
+Window distances are measured in columns, which equals positions for left padding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hslm.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with Gemma's (1 + w) scale, w initialised to zero, computed in fp32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * (1.0 + self.weight.float())).type_as(x)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype):
+    """cos/sin tables [B, T, head_dim] for rotate-half RoPE, computed in fp32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device,
+                                            dtype=torch.float32) / head_dim))
+    angles = positions[..., None].float() * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, D]; cos/sin: [B, T, D]."""
+    cos, sin = cos[:, None], sin[:, None]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Keys and values of past tokens, for incremental decoding.
+
+    Global layers keep every past column (storage grows by doubling up to the context length).
+    Sliding layers keep only the last `sliding_window` columns in a ring buffer, so their memory
+    is bounded whatever the length. Keys are stored after RoPE, so the order inside the ring does
+    not matter: masks are built from the column index stored for each slot.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, device, dtype):
+        self.config = config
+        self.length = 0  # columns seen so far
+        self.key_valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
+        window = config.sliding_window
+        self.ring_columns = torch.full((window,), -1, dtype=torch.long, device=device)  # -1: empty
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        for layer in range(config.n_layers):
+            slots = window if config.is_sliding(layer) else 0
+            shape = (batch_size, config.n_kv_heads, slots, config.head_dim)
+            self.keys.append(torch.zeros(shape, device=device, dtype=dtype))
+            self.values.append(torch.zeros(shape, device=device, dtype=dtype))
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+def attention_masks(config: ModelConfig, key_valid: torch.Tensor, first_column: int,
+                    n_new: int, ring_columns: torch.Tensor | None):
+    """Boolean SDPA masks (True = attend) for the new columns [first_column, first_column + n_new).
+
+    Returns (global_mask [B,1,T,first_column+T], sliding_mask [B,1,T,K]). Without a cache the
+    sliding keys are all columns; with one they are the ring slots followed by the new columns,
+    or, when decoding one token, the ring slots alone (see `Attention._update_cache`).
+    A padded query would see no key at all (softmax of nothing = NaN), so it sees itself.
+    """
+    device = key_valid.device
+    query_cols = torch.arange(first_column, first_column + n_new, device=device)
+    all_cols = torch.arange(first_column + n_new, device=device)
+
+    def mask_for(key_cols: torch.Tensor, window: int | None) -> torch.Tensor:
+        distance = query_cols[:, None] - key_cols[None, :]
+        allowed = (distance >= 0) & (key_cols[None, :] >= 0)
+        if window is not None:
+            allowed &= distance < window
+        valid = key_valid[:, key_cols.clamp(min=0)]  # [B, K]
+        allowed = allowed[None] & valid[:, None, :]
+        allowed |= (distance == 0)[None]
+        return allowed[:, None]
+
+    global_mask = mask_for(all_cols, None)
+    if ring_columns is None:
+        sliding_keys = all_cols
+    elif n_new == 1:  # decoding writes the new column into the ring before attending
+        sliding_keys = ring_columns.clone()
+        sliding_keys[first_column % config.sliding_window] = first_column
+    else:
+        sliding_keys = torch.cat((ring_columns, query_cols))
+    sliding_mask = mask_for(sliding_keys, config.sliding_window)
+    return global_mask, sliding_mask
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.config = config
+        self.layer = layer
+        self.sliding = config.is_sliding(layer)
+        self.rope_base = config.rope_base_local if self.sliding else config.rope_base_global
+        self.q_proj = nn.Linear(config.hidden_size, config.q_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.kv_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.kv_size, bias=False)
+        self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=False)
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+
+    def forward(self, x, rope, mask, cache: KVCache | None):
+        cfg = self.config
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2))
+        k = self.k_norm(self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2))
+        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if cache is not None:
+            k, v = self._update_cache(cache, k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=cfg.query_pre_attn_scalar ** -0.5,
+            enable_gqa=cfg.n_heads != cfg.n_kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.q_size))
+
+    def _update_cache(self, cache: KVCache, k, v):
+        """Store the new keys/values; return the keys/values this layer attends over."""
+        first, T = cache.length, k.shape[2]
+        old_k, old_v = cache.keys[self.layer], cache.values[self.layer]
+        if self.sliding:
+            window = self.config.sliding_window
+            if T == 1:  # decoding: the new column replaces the one leaving the window
+                old_k[:, :, first % window] = k[:, :, 0]
+                old_v[:, :, first % window] = v[:, :, 0]
+                return old_k, old_v
+            # A chunk's early queries still need the columns its later ones would overwrite:
+            # attend over ring + chunk, then keep the chunk's last `window` columns.
+            keys, values = torch.cat((old_k, k), dim=2), torch.cat((old_v, v), dim=2)
+            keep = min(T, window)
+            slots = torch.arange(first + T - keep, first + T, device=k.device) % window
+            old_k[:, :, slots] = k[:, :, T - keep:]
+            old_v[:, :, slots] = v[:, :, T - keep:]
+            return keys, values
+        needed = first + T
+        if old_k.shape[2] < needed:  # grow by doubling, never past the context length
+            capacity = min(max(needed, 2 * old_k.shape[2], 64), max(needed, self.config.context_length))
+            grown_shape = (*old_k.shape[:2], capacity, old_k.shape[3])
+            grown_k = old_k.new_zeros(grown_shape)
+            grown_v = old_v.new_zeros(grown_shape)
+            grown_k[:, :, :first] = old_k[:, :, :first]
+            grown_v[:, :, :first] = old_v[:, :, :first]
+            cache.keys[self.layer], cache.values[self.layer] = grown_k, grown_v
+            old_k, old_v = grown_k, grown_v
+        old_k[:, :, first:needed] = k
+        old_v[:, :, first:needed] = v
+        return old_k[:, :, :needed], old_v[:, :, :needed]
+
+
+class GatedGELU(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.ffn_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.ffn_size, bias=False)
+        self.down_proj = nn.Linear(config.ffn_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        eps = config.rms_norm_eps
+        self.input_norm = RMSNorm(config.hidden_size, eps)
+        self.attn = Attention(config, layer)
+        self.post_attn_norm = RMSNorm(config.hidden_size, eps)
+        self.pre_ffn_norm = RMSNorm(config.hidden_size, eps)
+        self.mlp = GatedGELU(config)
+        self.post_ffn_norm = RMSNorm(config.hidden_size, eps)
+
+    def forward(self, x, rope, mask, cache):
+        x = x + self.post_attn_norm(self.attn(self.input_norm(x), rope, mask, cache))
+        return x + self.post_ffn_norm(self.mlp(self.pre_ffn_norm(x)))
+
+
+class Gemma3(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise weights as `config.init` says; RMSNorm weights start at zero (scale 1).
+
+        "normal" (default): every linear and the embedding ~ N(0, init_std), as Hugging Face's
+        Gemma. "torch-default": PyTorch's Kaiming-uniform linears and N(0, 1) embeddings, the
+        original Hindi model's init (kept for comparison; with tied embeddings its logits start
+        large).
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                if self.config.init == "normal":
+                    nn.init.normal_(module.weight, std=self.config.init_std)
+                else:
+                    module.reset_parameters()
+            elif isinstance(module, nn.Embedding):
+                std = self.config.init_std if self.config.init == "normal" else 1.0
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.zeros_(module.weight)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.config.tie_embeddings else self.lm_head.weight
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        weight = self.embed.weight
+        return KVCache(self.config, batch_size, weight.device, weight.dtype)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, vocab] (or [B, 1, vocab] with `last_only`) for `input_ids` [B, T].
+
+        With a `cache`, input_ids are the columns after those already cached and
+        `attention_mask`, if given, covers the cached columns plus the new ones.
+        """
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids, cache)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return F.linear(hidden, self.output_weight)
+
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+        cfg = self.config
+        B, T = input_ids.shape
+        first = cache.length if cache is not None else 0
+        if first + T > cfg.context_length:
+            raise ValueError(f"sequence of {first + T} tokens is longer than the model's context "
+                             f"length ({cfg.context_length})")
+        if attention_mask is None:
+            key_valid = torch.ones(B, first + T, dtype=torch.bool, device=input_ids.device)
+            if cache is not None:
+                key_valid[:, :first] = cache.key_valid
+        else:
+            key_valid = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+            if key_valid.shape != (B, first + T):
+                raise ValueError(f"attention_mask must have shape {(B, first + T)} (cached + new "
+                                 f"columns), got {tuple(key_valid.shape)}")
+        if position_ids is None:
+            position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, first:]
+
+        x = self.embed(input_ids)
+        x = (x.float() * math.sqrt(cfg.hidden_size)).to(x.dtype)
+        rope_local = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_base_local, x.dtype)
+        rope_global = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_base_global, x.dtype)
+        ring = cache.ring_columns if cache is not None else None
+        global_mask, sliding_mask = attention_masks(cfg, key_valid, first, T, ring)
+
+        for block in self.layers:
+            sliding = block.attn.sliding
+            x = block(x, rope_local if sliding else rope_global,
+                      sliding_mask if sliding else global_mask, cache)
+
+        if cache is not None:
+            window = cfg.sliding_window
+            keep = min(T, window)
+            new_cols = torch.arange(first + T - keep, first + T, device=input_ids.device)
+            cache.ring_columns[new_cols % window] = new_cols
+            cache.key_valid = key_valid
+            cache.length = first + T
+        return self.final_norm(x)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

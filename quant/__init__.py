@@ -1,0 +1,1 @@
+"""Quantizers for exported models (llama.cpp, ONNX Runtime) and their quality checks. Imported as `hslm.quant`."""
