@@ -101,6 +101,8 @@ def config_from_hf(values: dict) -> ModelConfig:
     model_type = values.get("model_type")
     if model_type not in ("gemma3_text", "gemma3"):
         raise HFFormatError(f"model_type is {model_type!r}; only Gemma 3 text models are supported")
+    if not isinstance(values.get("num_hidden_layers"), int):
+        raise HFFormatError("config.json lacks the key 'num_hidden_layers' (an integer)")
     n_layers = values["num_hidden_layers"]
     rope = values.get("rope_parameters") or {}
     local_base = (rope.get("sliding_attention") or {}).get("rope_theta",
@@ -110,6 +112,17 @@ def config_from_hf(values: dict) -> ModelConfig:
         n_layers, values.get("sliding_window_pattern", values.get("_sliding_window_pattern", 6)))
     if values.get("final_logit_softcapping") or values.get("attn_logit_softcapping"):
         raise HFFormatError("logit soft-capping is not part of the Gemma 3 architecture hslm implements")
+    # RoPE scaling (Gemma 3 4B+: linear, factor 8 on global layers) and bidirectional attention
+    # (EmbeddingGemma) change the logits; hslm implements neither, so refuse rather than ignore.
+    for params in [values.get("rope_scaling"), rope, *rope.values()]:
+        if isinstance(params, dict):
+            rope_type = params.get("rope_type", params.get("type", "default"))
+            if rope_type != "default":
+                raise HFFormatError(f"RoPE scaling {rope_type!r} is not supported (hslm implements "
+                                    "plain RoPE only)")
+    if values.get("use_bidirectional_attention"):
+        raise HFFormatError("bidirectional attention (an encoder such as EmbeddingGemma) is not "
+                            "supported: hslm models are causal")
     eos = values.get("eos_token_id", 1)
     try:
         return ModelConfig(
@@ -162,7 +175,10 @@ def save_hf(model: Gemma3, output_dir: str | Path, tokenizer=None, dtype: torch.
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as err:
+            raise HFFormatError(f"{index} is not a valid safetensors index: {err!r}") from None
         return [folder / shard for shard in shards]
     files = sorted(folder.glob("*.safetensors"))
     if not files:

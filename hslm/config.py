@@ -78,14 +78,23 @@ class ModelConfig:
         unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
         if unknown:
             raise ConfigError(f"unknown layer type(s) {unknown}; use {SLIDING!r} or {GLOBAL!r}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even (RoPE rotates pairs of dimensions), got {self.head_dim}")
         for name in ("rope_base_local", "rope_base_global", "rms_norm_eps", "init_std"):
-            if not float(getattr(self, name)) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            try:  # YAML 1.1 reads `1e-6` (no dot) as the string "1e-6": accept it as the number
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be a number, got {value!r}") from None
+            if isinstance(value, bool) or not number > 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+            setattr(self, name, number)
         if self.init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}; choose one of {sorted(INITS)}")
         for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ConfigError(f"{name}={getattr(self, name)} is outside the vocabulary (0..{self.vocab_size - 1})")
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ConfigError(f"{name}={value!r} is not a token id in the vocabulary (0..{self.vocab_size - 1})")
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -93,7 +102,7 @@ class ModelConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
         values = dict(PRESETS[name])
-        if "n_layers" in overrides and "layer_types" not in overrides:
+        if isinstance(overrides.get("n_layers"), int) and "layer_types" not in overrides:
             overrides["layer_types"] = gemma3_layer_types(overrides["n_layers"])
         values.update(overrides)
         return cls.from_dict(values)
@@ -108,7 +117,7 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-        if "layer_types" not in values and "n_layers" in values:
+        if "layer_types" not in values and isinstance(values.get("n_layers"), int):
             values["layer_types"] = gemma3_layer_types(values["n_layers"])
         return cls(**values)
 

@@ -1,0 +1,71 @@
+"""hslm-generate: stream text from an hslm model folder on the CPU (or any torch device)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from hslm.apps.common import DTYPES, UsageError, fail, load_model_folder
+from hslm.generate import Generation, SamplingParams, stream
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hslm-generate",
+        description="Generate Hindi text from an hslm model folder (a Hugging Face-style folder "
+                    "with config.json, model.safetensors and tokenizer files), streaming it to "
+                    "the terminal.",
+        epilog="example: hslm-generate runs/demo/model --prompt 'भारत की राजधानी' --temperature 0.8")
+    parser.add_argument("model", help="model folder")
+    parser.add_argument("--prompt", help="prompt text (default: read from standard input)")
+    parser.add_argument("--chat", action="store_true",
+                        help="wrap the prompt as a user turn in the Gemma chat template")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=50, help="0 = off")
+    parser.add_argument("--top-p", type=float, default=0.95, help="1 = off")
+    parser.add_argument("--min-p", type=float, default=0.0, help="0 = off")
+    parser.add_argument("--repetition-penalty", type=float, default=1.1, help="1 = off")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="stop when this text appears (repeatable)")
+    parser.add_argument("--seed", type=int, help="same seed, same text")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--no-bos", action="store_true", help="do not prepend <bos>")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    try:
+        params = SamplingParams(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+            stop_strings=args.stop, seed=args.seed)
+        model, tokenizer = load_model_folder(args.model, args.dtype)
+        model.to(args.device)
+        add_bos = not args.no_bos
+        if args.chat:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+            add_bos = False  # the template starts with <bos>
+        prompt_ids = tokenizer.encode(prompt, add_bos=add_bos)
+        result = Generation(text="")
+        for piece in stream(model, tokenizer, prompt_ids, params, result=result):
+            print(piece, end="", flush=True)
+    except (UsageError, ValueError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise SystemExit(130)
+    print()
+    print(f"[{len(result.token_ids)} tokens, finished by {result.finish_reason}]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,455 @@
+"""The hslm tokenizer: SentencePiece BPE over normalised text, and the same for Hugging Face.
+
+A tokenizer folder holds three files that give identical ids:
+
+- `tokenizer.model`: the SentencePiece model, the source of truth (llama.cpp reads it too);
+- `tokenizer.json`: a `tokenizers` BPE built from that model (for transformers, onnxruntime-genai);
+- `tokenizer_config.json`: special tokens, `add_bos_token` and the Gemma chat template.
+
+The SentencePiece model does no normalisation of its own (rule "identity", no dummy prefix,
+whitespace kept): `Tokenizer.encode` normalises with `hslm.normalize.normalize` first, and
+the Hugging Face files expect text normalised the same way. tokenizer.model and tokenizer.json
+give the same ids on any text, normalised or not, and byte fallback makes decoding lossless:
+`decode(encode(x)) == normalize(x)`.
+
+Special tokens use Gemma's ids 0-5. `<start_of_turn>` and `<end_of_turn>` are control tokens,
+like `<bos>`: decoding skips them. Plain SentencePiece spells out a special token's name found
+in the text; `Tokenizer.encode`, like Hugging Face and llama.cpp's special-token parsing, gives
+its id, so a rendered chat template encodes to the right ids. "\\n" and "\\t" are
+user-defined tokens: SentencePiece trains line by line and would otherwise never learn a
+newline; as their own tokens they never merge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+from google.protobuf.message import DecodeError
+from sentencepiece.sentencepiece_model_pb2 import ModelProto
+from tokenizers import AddedToken, decoders, models, normalizers, processors
+from tokenizers import Tokenizer as HFTokenizer
+from tqdm import tqdm
+
+from hslm.normalize import normalize
+
+__all__ = [
+    "PAD", "EOS", "BOS", "UNK", "START_OF_TURN", "END_OF_TURN", "SPECIAL_TOKENS",
+    "MODEL_FILE", "HF_TOKENIZER_FILE", "HF_CONFIG_FILE", "CHAT_TEMPLATE",
+    "WHITESPACE_TOKENS", "TokenizerError", "Tokenizer", "train_tokenizer", "read_lines",
+    "fertility", "merge_fertility",
+]
+
+PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
+START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+SPECIAL_TOKENS = (PAD, EOS, BOS, UNK, START_OF_TURN, END_OF_TURN)  # ids 0-5, Gemma's order
+WHITESPACE_TOKENS = ("\n", "\t")  # ids 6 and 7
+
+MODEL_FILE = "tokenizer.model"
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_CONFIG_FILE = "tokenizer_config.json"
+MODEL_MAX_LENGTH = 1024  # the hindi-270m context; callers that know the model pass theirs
+
+_Piece = ModelProto.SentencePiece
+
+# Gemma's conversation format: an optional system message goes in front of the first user
+# turn, "assistant" is spelled "model", every turn's text is trimmed. `Tokenizer.
+# apply_chat_template` is the same rules in Python; the tests hold the two to each other.
+CHAT_TEMPLATE = (
+    "{%- if not messages -%}{{ raise_exception('the conversation has no messages') }}{%- endif -%}"
+    "{%- for message in messages -%}{%- if message.content is not string -%}"
+    "{{ raise_exception('message content must be a string') }}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if messages[0].role == 'system' -%}"
+    "{%- set system_prefix = messages[0].content + '\\n\\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- if not turns -%}"
+    "{{ raise_exception('a system message must be followed by a user message') }}"
+    "{%- endif -%}"
+    "{%- else -%}{%- set system_prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{{ bos_token }}"
+    "{%- for message in turns -%}"
+    "{%- set role = 'model' if message.role in ('assistant', 'model') else message.role -%}"
+    "{%- if role != ('user' if loop.index0 % 2 == 0 else 'model') -%}"
+    "{{ raise_exception('roles must alternate user, assistant, user, ... after an optional "
+    "system message') }}"
+    "{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (system_prefix if loop.first else '') }}"
+    "{{ (message.content | trim) + '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be trained, loaded or used as asked; the message says why."""
+
+
+class Tokenizer:
+    """A SentencePiece BPE model with hslm's normalisation, special tokens and chat format."""
+
+    def __init__(self, model: bytes):
+        """`model` is a serialised SentencePiece model (the bytes of a tokenizer.model file)."""
+        try:
+            proto = ModelProto.FromString(model)
+        except DecodeError:
+            raise TokenizerError("not a SentencePiece model file") from None
+        _check_supported(proto)
+        self._model = model
+        self._proto = proto
+        self._sp = spm.SentencePieceProcessor(model_proto=model)
+        self._piece_bytes = tuple(_bytes_of(piece) for piece in proto.pieces)
+        self._special_ids = {token: self._sp.piece_to_id(token) for token in SPECIAL_TOKENS}
+        # A capturing split: the special token strings land at the odd indices.
+        self._special_split = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load a tokenizer folder (one with tokenizer.model) or a tokenizer.model file."""
+        path = Path(path)
+        model_file = path / MODEL_FILE if path.is_dir() else path
+        if not model_file.is_file():
+            raise TokenizerError(f"tokenizer not found: {model_file}")
+        try:
+            return cls(model_file.read_bytes())
+        except TokenizerError as err:
+            raise TokenizerError(f"{model_file}: {err}") from None
+
+    # ---------------------------------------------------------------- vocabulary
+    @property
+    def vocab_size(self) -> int:
+        return len(self._piece_bytes)
+
+    @property
+    def pad_id(self) -> int:
+        return self._special_ids[PAD]
+
+    @property
+    def eos_id(self) -> int:
+        return self._special_ids[EOS]
+
+    @property
+    def bos_id(self) -> int:
+        return self._special_ids[BOS]
+
+    @property
+    def unk_id(self) -> int:
+        return self._special_ids[UNK]
+
+    @property
+    def start_of_turn_id(self) -> int:
+        return self._special_ids[START_OF_TURN]
+
+    @property
+    def end_of_turn_id(self) -> int:
+        return self._special_ids[END_OF_TURN]
+
+    @property
+    def sha256(self) -> str:
+        """Checksum of the tokenizer.model bytes: ties a checkpoint to its vocabulary."""
+        return hashlib.sha256(self._model).hexdigest()
+
+    def id_to_piece(self, token_id: int) -> str:
+        self._check_id(token_id)
+        return self._proto.pieces[token_id].piece
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes `token_id` adds to decoded text: "▁" is a space, a byte-fallback token
+        its one byte (maybe part of a character), a control or unknown token nothing."""
+        self._check_id(token_id)
+        return self._piece_bytes[token_id]
+
+    def _check_id(self, token_id: int) -> None:
+        if not 0 <= token_id < len(self._piece_bytes):
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary "
+                                 f"(0-{len(self._piece_bytes) - 1})")
+
+    # ---------------------------------------------------------------- text <-> ids
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        """Normalise `text` and encode it (after `<bos>` if `add_bos`); special token strings in
+        it become their ids."""
+        return self.encode_batch([text], add_bos)[0]
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = False,
+                     num_threads: int | None = None) -> list[list[int]]:
+        """`encode` for many texts at once, with SentencePiece's threads (default: all cores)."""
+        split_texts = [self._special_split.split(normalize(text)) for text in texts]
+        plain_parts = [part for parts in split_texts for part in parts[::2]]
+        encoded = iter(self._sp.encode(plain_parts, num_threads=num_threads or os.cpu_count()))
+        batch = []
+        for parts in split_texts:
+            ids = [self.bos_id] if add_bos else []
+            for index, part in enumerate(parts):
+                if index % 2:
+                    ids.append(self._special_ids[part])
+                else:
+                    ids.extend(next(encoded))
+            batch.append(ids)
+        return batch
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`: control and unknown tokens add nothing, bytes that are not UTF-8
+        become U+FFFD."""
+        return b"".join(map(self.piece_bytes, ids)).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: Sequence[dict],
+                            add_generation_prompt: bool = True) -> str:
+        """Render a conversation ([{"role": ..., "content": ...}, ...]) in Gemma's format, exactly
+        as the Jinja `chat_template` in tokenizer_config.json does. The result starts with
+        "<bos>", so encode it with `add_bos=False`."""
+        if not messages:
+            raise TokenizerError("the conversation has no messages")
+        if not all(isinstance(message["content"], str) for message in messages):
+            raise TokenizerError("message content must be a string")
+        system_prefix, turns = "", list(messages)
+        if messages[0]["role"] == "system":
+            system_prefix, turns = messages[0]["content"] + "\n\n", turns[1:]
+            if not turns:
+                raise TokenizerError("a system message must be followed by a user message")
+        text = BOS
+        for index, message in enumerate(turns):
+            role = "model" if message["role"] in ("assistant", "model") else message["role"]
+            if role != ("user" if index % 2 == 0 else "model"):
+                raise TokenizerError("roles must alternate user, assistant, user, ... after an "
+                                     "optional system message")
+            prefix = system_prefix if index == 0 else ""
+            text += f"{START_OF_TURN}{role}\n{prefix}{message['content'].strip()}{END_OF_TURN}\n"
+        if add_generation_prompt:
+            text += f"{START_OF_TURN}model\n"
+        return text
+
+    # ---------------------------------------------------------------- files
+    def save(self, output_dir: str | Path, model_max_length: int = MODEL_MAX_LENGTH) -> Path:
+        """Write tokenizer.model, tokenizer.json and tokenizer_config.json; returns the folder."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / MODEL_FILE).write_bytes(self._model)
+        self.to_hf_tokenizer().save(str(output_dir / HF_TOKENIZER_FILE))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD,
+            "add_bos_token": True, "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": model_max_length,
+            "chat_template": CHAT_TEMPLATE,
+        }
+        (output_dir / HF_CONFIG_FILE).write_text(
+            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return output_dir
+
+    def to_hf_tokenizer(self) -> HFTokenizer:
+        """The same tokenizer as a `tokenizers.Tokenizer` (what tokenizer.json holds).
+
+        SentencePiece BPE merges, at every step, the adjacent pair whose concatenation is the
+        piece with the highest score (leftmost first). A `tokenizers` BPE merges the pair with
+        the lowest rank, so every way of cutting a piece into two vocabulary pieces becomes a
+        merge, ranked by that piece's score.
+        """
+        pieces = self._proto.pieces
+        vocab = {piece.piece: token_id for token_id, piece in enumerate(pieces)}
+        mergeable = {piece.piece for piece in pieces if piece.type == _Piece.NORMAL}
+        learned = sorted((piece.piece for piece in pieces
+                          if piece.type == _Piece.NORMAL and len(piece.piece) > 1),
+                         key=lambda text: -pieces[vocab[text]].score)
+        merges = [(text[:cut], text[cut:]) for text in learned for cut in range(1, len(text))
+                  if text[:cut] in mergeable and text[cut:] in mergeable]
+        unk = pieces[self.unk_id].piece
+        hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True,
+                                    byte_fallback=True))
+        hf.normalizer = normalizers.Replace(" ", "▁")
+        hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                        decoders.Fuse()])
+        hf.add_special_tokens([AddedToken(piece.piece, special=True, normalized=False)
+                               for piece in pieces
+                               if piece.type in (_Piece.CONTROL, _Piece.UNKNOWN)])
+        hf.add_tokens([AddedToken(piece.piece, special=False, normalized=False)
+                       for piece in pieces if piece.type == _Piece.USER_DEFINED])
+        hf.post_processor = processors.TemplateProcessing(
+            single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+            special_tokens=[(BOS, self.bos_id)])
+        return hf
+
+
+def _check_supported(proto: ModelProto) -> None:
+    """Refuse models whose SentencePiece behaviour tokenizer.json could not reproduce."""
+    trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    problems = []
+    if trainer.model_type != trainer.BPE:
+        problems.append("it is not a BPE model")
+    if normalizer.name != "identity" or normalizer.add_dummy_prefix \
+            or normalizer.remove_extra_whitespaces or not normalizer.escape_whitespaces:
+        problems.append("it normalises text itself (hslm needs rule 'identity', no dummy prefix, "
+                        "whitespace kept)")
+    if not trainer.byte_fallback:
+        problems.append("it has no byte fallback")
+    present = {piece.piece for piece in proto.pieces}
+    missing = [token for token in SPECIAL_TOKENS if token not in present]
+    if missing:
+        problems.append(f"it lacks the special tokens {', '.join(missing)}")
+    if problems:
+        raise TokenizerError("not an hslm tokenizer: " + "; ".join(problems))
+
+
+def _bytes_of(piece: ModelProto.SentencePiece) -> bytes:
+    if piece.type == _Piece.BYTE:  # spelled <0xAB>
+        return bytes([int(piece.piece[3:5], 16)])
+    if piece.type in (_Piece.NORMAL, _Piece.USER_DEFINED):
+        return piece.piece.replace("▁", " ").encode("utf-8")
+    return b""
+
+
+# -------------------------------------------------------------------- training
+def train_tokenizer(input_files: Sequence[Path], output_dir: Path, vocab_size: int = 50_000, *,
+                    max_sentence_chars: int = 4096, input_sentence_size: int = 5_000_000,
+                    character_coverage: float = 0.9995, num_threads: int | None = None,
+                    progress: bool = False) -> Tokenizer:
+    """Train a SentencePiece BPE tokenizer on UTF-8 text files and save it to `output_dir`.
+
+    Every line is normalised; lines longer than `max_sentence_chars` are cut at spaces (so
+    SentencePiece does not drop them). At most `input_sentence_size` lines, sampled at random,
+    are used. `progress` reports on stderr: a bar while the files are read, then a line.
+    """
+    input_files = [Path(path) for path in input_files]
+    if not input_files:
+        raise TokenizerError("no input files given")
+    for path in input_files:  # all of them before reading any: reading may take long
+        _require_file(path)
+    smallest = len(SPECIAL_TOKENS) + len(WHITESPACE_TOKENS) + 256 + 1
+    if vocab_size < smallest:
+        raise TokenizerError(f"vocab_size {vocab_size} is too small: the special, whitespace "
+                             f"and 256 byte tokens alone take {smallest - 1}")
+    with tempfile.TemporaryDirectory(prefix="hslm-tokenizer-") as work_dir:
+        corpus = Path(work_dir) / "corpus.txt"
+        _write_training_corpus(input_files, corpus, max_sentence_chars, progress)
+        if progress:
+            print(f"training SentencePiece BPE, vocab {vocab_size:,} ...", file=sys.stderr)
+        model_prefix = Path(work_dir) / "sp"
+        try:
+            spm.SentencePieceTrainer.train(
+                input=str(corpus), model_prefix=str(model_prefix), model_type="bpe",
+                vocab_size=vocab_size, character_coverage=character_coverage,
+                byte_fallback=True, split_digits=True,
+                normalization_rule_name="identity", add_dummy_prefix=False,
+                remove_extra_whitespaces=False,
+                max_sentence_length=4 * max_sentence_chars,  # bytes; UTF-8 is ≤ 4 per char
+                input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+                num_threads=num_threads or os.cpu_count(),
+                pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+                pad_piece=PAD, eos_piece=EOS, bos_piece=BOS, unk_piece=UNK,
+                control_symbols=[START_OF_TURN, END_OF_TURN],
+                user_defined_symbols=list(WHITESPACE_TOKENS),
+                minloglevel=2)
+        except RuntimeError as err:
+            raise TokenizerError(_explain_training_error(str(err), vocab_size)) from None
+        proto = ModelProto.FromString(model_prefix.with_suffix(".model").read_bytes())
+    # SentencePiece records its temporary paths and thread count, which do not change the
+    # pieces; without them the same text and settings give the same file and sha256.
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.ClearField("model_prefix")
+    proto.trainer_spec.ClearField("num_threads")
+    tokenizer = Tokenizer(proto.SerializeToString())
+    tokenizer.save(output_dir)
+    return tokenizer
+
+
+def _write_training_corpus(input_files: list[Path], corpus: Path, max_sentence_chars: int,
+                           progress: bool) -> None:
+    """Normalised, non-empty lines of every file, one per line, for SentencePiece to sample."""
+    total_bytes = sum(path.stat().st_size for path in input_files)
+    with corpus.open("w", encoding="utf-8") as out, \
+            tqdm(total=total_bytes, unit="B", unit_scale=True, desc="reading",
+                 disable=not progress) as bar:
+        for path in input_files:
+            written = 0
+            for raw_line in read_lines(path, on_bytes_read=bar.update):
+                for line in normalize(raw_line).split("\n"):
+                    for sentence in _cut(line, max_sentence_chars):
+                        out.write(sentence + "\n")
+                        written += 1
+            if not written:
+                raise TokenizerError(f"{path} has no text (it is empty, or empty once normalised)")
+
+
+def read_lines(path: str | Path, on_bytes_read: Callable[[int], object] | None = None
+               ) -> Iterator[str]:
+    """The lines of a UTF-8 text file, without line ends. A TokenizerError says which file and
+    byte are at fault if it is missing or not UTF-8; `on_bytes_read` hears of progress."""
+    path = Path(path)
+    _require_file(path)
+    offset = 0
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise TokenizerError(
+                    f"{path} is not UTF-8 text: invalid byte 0x{raw[err.start]:02x} at byte "
+                    f"offset {offset + err.start} (line {number})") from None
+            offset += len(raw)
+            if on_bytes_read:
+                on_bytes_read(len(raw))
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise TokenizerError(f"{path} is not a file" if path.exists()
+                             else f"file not found: {path}")
+
+
+def _cut(line: str, limit: int) -> Iterator[str]:
+    """`line` in pieces of at most `limit` characters, cut before a space where possible."""
+    while len(line) > limit:
+        cut = line.rfind(" ", 1, limit)
+        cut = cut if cut > 0 else limit
+        yield line[:cut]
+        line = line[cut:]
+    if line:
+        yield line
+
+
+def _explain_training_error(message: str, vocab_size: int) -> str:
+    too_high = re.search(r"Vocabulary size too high .*<= (\d+)", message)
+    if too_high:
+        return (f"vocab_size {vocab_size:,} is too large for this text: it supports at most "
+                f"{int(too_high.group(1)):,} tokens; lower the vocabulary size or add text")
+    too_small = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+    if too_small:
+        return (f"vocab_size {vocab_size:,} is too small for this text: its characters and the "
+                f"special tokens alone need {int(too_small.group(1)):,}")
+    return f"SentencePiece training failed: {message}"
+
+
+# -------------------------------------------------------------------- measurement
+def fertility(tokenizer: Tokenizer, lines: Iterable[str]) -> dict:
+    """How finely `tokenizer` cuts `lines`: tokens per whitespace-separated word, characters
+    and UTF-8 bytes per token, and the counts behind them (all after normalisation)."""
+    texts = [text for text in map(normalize, lines) if text]
+    counts = {"lines": len(texts),
+              "words": sum(len(text.split()) for text in texts),
+              "tokens": sum(map(len, tokenizer.encode_batch(texts))),
+              "chars": sum(map(len, texts)),
+              "bytes": sum(len(text.encode("utf-8")) for text in texts)}
+    return _with_ratios(counts)
+
+
+def merge_fertility(results: Iterable[dict]) -> dict:
+    """The fertility of several texts together, from their separate `fertility` results."""
+    results = list(results)
+    return _with_ratios({key: sum(result[key] for result in results) for key in _COUNTS})
+
+
+_COUNTS = ("lines", "words", "tokens", "chars", "bytes")
+
+
+def _with_ratios(counts: dict) -> dict:
+    if not counts["words"]:
+        raise TokenizerError("there is no text to measure")
+    return {**counts, "tokens_per_word": counts["tokens"] / counts["words"],
+            "chars_per_token": counts["chars"] / counts["tokens"],
+            "bytes_per_token": counts["bytes"] / counts["tokens"]}

@@ -1,0 +1,48 @@
+"""Fixtures shared by the test files: the real Hindi text and a tokenizer trained on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with "
+                                       "-m 'not slow')")
+
+
+@pytest.fixture(scope="session")
+def hindi_data_dir() -> Path:
+    """The folder of real Hindi / Hinglish *.txt files: ../shared/data/hindi beside the
+    repository, or $HSLM_HINDI_DATA."""
+    path = Path(os.environ.get("HSLM_HINDI_DATA", REPO_ROOT.parent / "shared" / "data" / "hindi"))
+    if not any(path.glob("*.txt")):
+        pytest.skip(f"no Hindi text (*.txt) in {path}; set HSLM_HINDI_DATA to such a folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer_dir(hindi_data_dir, tmp_path_factory) -> Path:
+    """A folder with an 8,000-token tokenizer trained on every 10th line of each data file
+    (about 2 MB of text; under a second to train)."""
+    from hslm.tokenizer import read_lines, train_tokenizer
+
+    sample_dir = tmp_path_factory.mktemp("tokenizer-sample")
+    for path in sorted(hindi_data_dir.glob("*.txt")):
+        lines = list(read_lines(path))[::10]
+        (sample_dir / path.name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output_dir = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(sorted(sample_dir.glob("*.txt")), output_dir, vocab_size=8_000)
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer(trained_tokenizer_dir):
+    """The tokenizer of `trained_tokenizer_dir`, loaded."""
+    from hslm.tokenizer import Tokenizer
+
+    return Tokenizer.load(trained_tokenizer_dir)

@@ -1,0 +1,66 @@
+"""Small Gemma 3 models shared by test_model.py and test_hf_interop.py.
+
+Weights are perturbed away from the default init so that comparisons mean something: the RMSNorm
+weights are non-zero (so the (1 + w) scale matters) and the init std is large enough that logits
+are O(1-10) and attention is far from uniform.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hslm.config import GLOBAL, SLIDING, ModelConfig
+from hslm.model import Gemma3
+
+WINDOW = 16  # the tiny preset's sliding window
+SEQ_LEN = 3 * WINDOW  # test sequences are longer than the window (3x)
+
+# name -> overrides of the tiny preset
+CONFIGS = {
+    # the tiny preset's layout: sliding, sliding, global, sliding; tied embeddings
+    "mixed": {},
+    # a non-default layout (starts and ends differently from Gemma's 5:1 pattern), untied output
+    # head, one KV head (4:1 grouped-query), and non-default RoPE bases / scale / eps so that a
+    # value dropped on the way to transformers shows up
+    "custom": {
+        "n_layers": 5, "layer_types": [GLOBAL, SLIDING, GLOBAL, GLOBAL, SLIDING],
+        "tie_embeddings": False, "n_kv_heads": 1, "rope_base_local": 500.0,
+        "rope_base_global": 20_000.0, "query_pre_attn_scalar": 24, "rms_norm_eps": 1e-5,
+    },
+}
+
+
+def make_config(name: str = "mixed", **overrides) -> ModelConfig:
+    values = {"vocab_size": 256, "context_length": 128, "init_std": 0.3, **CONFIGS[name], **overrides}
+    config = ModelConfig.preset("tiny", **values)
+    assert config.sliding_window == WINDOW
+    return config
+
+
+def perturb_norms(model: torch.nn.Module, std: float = 0.3) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0.0, std)
+
+
+def make_model(config: ModelConfig, seed: int = 0) -> Gemma3:
+    torch.manual_seed(seed)
+    model = Gemma3(config).eval()
+    perturb_norms(model)
+    return model
+
+
+def left_padded_batch(vocab_size: int, padding=(0, 5, 21), length: int = SEQ_LEN, seed: int = 1):
+    """(input_ids, attention_mask, position_ids) for rows left-padded by `padding` columns.
+
+    One row's padding (21) is longer than the window. Padded columns hold token 0.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab_size, (len(padding), length), generator=generator)
+    mask = torch.ones(len(padding), length, dtype=torch.long)
+    for row, pad in enumerate(padding):
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
