@@ -125,7 +125,6 @@ class Attention(nn.Module):
         self.config = config
         self.layer = layer
         self.sliding = config.is_sliding(layer)
-        self.rope_base = config.rope_base_local if self.sliding else config.rope_base_global
         self.q_proj = nn.Linear(config.hidden_size, config.q_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.kv_size, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.kv_size, bias=False)

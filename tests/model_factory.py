@@ -7,6 +7,7 @@ are O(1-10) and attention is far from uniform.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hslm.config import GLOBAL, SLIDING, ModelConfig
@@ -64,3 +65,13 @@ def left_padded_batch(vocab_size: int, padding=(0, 5, 21), length: int = SEQ_LEN
         ids[row, :pad] = 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, positions
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run token by token: extra threads cost more than they save, and make timings
+    erratic on a busy 2-core machine. Use it with `from model_factory import single_thread`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

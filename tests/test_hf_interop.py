@@ -7,12 +7,17 @@ import shutil
 
 import pytest
 import torch
-from model_factory import left_padded_batch, make_config, make_model
+from hslm.export.hf import HFFormatError, config_from_hf, hf_config, load_hf, save_hf
+from model_factory import (
+    left_padded_batch,
+    make_config,
+    make_model,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from hslm.config import GLOBAL, SLIDING
-from hslm.export.hf import HFFormatError, config_from_hf, hf_config, load_hf, save_hf
 
 TOL = 1e-4
 DELETE = object()  # in a config change: remove the key
@@ -92,7 +97,8 @@ def test_bf16_save(tmp_path):
 
     assert read_config(folder)["torch_dtype"] == "bfloat16"
     with safe_open(folder / "model.safetensors", framework="pt") as weights:
-        assert all(weights.get_tensor(k).dtype == torch.bfloat16 for k in weights.keys())
+        names = weights.keys()
+        assert names and all(weights.get_tensor(k).dtype == torch.bfloat16 for k in names)
     size_bf16 = (folder / "model.safetensors").stat().st_size
     size_fp32 = (fp32_folder / "model.safetensors").stat().st_size
     assert size_bf16 < 0.55 * size_fp32

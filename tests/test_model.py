@@ -7,10 +7,17 @@ import math
 
 import pytest
 import torch
-from model_factory import SEQ_LEN, WINDOW, left_padded_batch, make_config, make_model
+from hslm.export.hf import save_hf
+from model_factory import (
+    SEQ_LEN,
+    WINDOW,
+    left_padded_batch,
+    make_config,
+    make_model,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 from hslm.config import SLIDING
-from hslm.export.hf import save_hf
 from hslm.model import Gemma3, attention_masks
 
 TOL = 1e-4
