@@ -119,6 +119,24 @@ def attention_masks(config: ModelConfig, key_valid: torch.Tensor, first_column: 
     return global_mask, sliding_mask
 
 
+def single_query_attention(q, k, v, mask, scale):
+    """Attention for one new token per sequence (decoding), as two small matmuls.
+
+    SDPA's CPU flash kernel has a fixed cost per call that dominates when there is one query
+    (~0.3 ms fp32, ~0.9 ms bf16 per layer). The query heads that share a key/value head are
+    stacked as rows, so grouped-query attention needs no copy of the keys. Computed in fp32:
+    CPU bf16 batched matmuls of these shapes are slower than converting.
+    q: [B, Hq, 1, D]; k, v: [B, Hkv, S, D]; mask: [B, 1, 1, S] (True = attend).
+    """
+    B, n_heads, _, head_dim = q.shape
+    n_kv = k.shape[1]
+    grouped = q.float().reshape(B, n_kv, n_heads // n_kv, head_dim)
+    scores = (grouped @ k.float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    out = scores.softmax(-1) @ v.float()
+    return out.reshape(B, n_heads, 1, head_dim).to(q.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
@@ -143,9 +161,12 @@ class Attention(nn.Module):
 
         if cache is not None:
             k, v = self._update_cache(cache, k, v)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=cfg.query_pre_attn_scalar ** -0.5,
-            enable_gqa=cfg.n_heads != cfg.n_kv_heads)
+        scale = cfg.query_pre_attn_scalar ** -0.5
+        if T == 1:
+            out = single_query_attention(q, k, v, mask, scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                                 enable_gqa=cfg.n_heads != cfg.n_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.q_size))
 
     def _update_cache(self, cache: KVCache, k, v):

@@ -27,6 +27,17 @@ def read_config(folder):
     return json.loads((folder / "config.json").read_text())
 
 
+def edited_config(folder, change: dict) -> dict:
+    """The folder's config.json values with `change` applied (DELETE removes a key)."""
+    values = read_config(folder)
+    for key, value in change.items():
+        if value is DELETE:
+            values.pop(key)
+        else:
+            values[key] = value
+    return values
+
+
 def write_config(folder, values):
     (folder / "config.json").write_text(json.dumps(values, indent=2))
 
@@ -73,12 +84,7 @@ def test_round_trip_is_bit_exact(tmp_path, name):
      {"rope_base_global": 3e5, "rope_base_local": 7e3}),
 ])
 def test_config_json_details(saved, change, expected):
-    values = read_config(saved)
-    for key, value in change.items():
-        if value is DELETE:
-            values.pop(key)
-        else:
-            values[key] = value
+    values = edited_config(saved, change)
     config = config_from_hf(values)
     for key, value in expected.items():
         assert getattr(config, key) == value, key
@@ -297,12 +303,7 @@ def test_config_that_is_not_json(saved):
     ({"use_bidirectional_attention": True}, r"bidirectional attention .* not supported"),
 ])
 def test_unsupported_configs(saved, change, message):
-    values = read_config(saved)
-    for key, value in change.items():
-        if value is DELETE:
-            values.pop(key)
-        else:
-            values[key] = value
+    values = edited_config(saved, change)
     write_config(saved, values)
     with pytest.raises(HFFormatError, match=message):
         load_hf(saved)
