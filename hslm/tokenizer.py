@@ -165,6 +165,11 @@ class Tokenizer:
         self._check_id(token_id)
         return self._piece_bytes[token_id]
 
+    def vocabulary(self) -> list[tuple[str, float, int]]:
+        """(piece, score, kind) for every id. `kind` is SentencePiece's piece type: 1 normal,
+        2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte (GGUF numbers them the same)."""
+        return [(piece.piece, piece.score, int(piece.type)) for piece in self._proto.pieces]
+
     def _check_id(self, token_id: int) -> None:
         if not 0 <= token_id < len(self._piece_bytes):
             raise TokenizerError(f"token id {token_id} is outside the vocabulary "
