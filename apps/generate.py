@@ -15,10 +15,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hslm-generate",
         description="Generate Hindi text from an hslm model folder (a Hugging Face-style folder "
-                    "with config.json, model.safetensors and tokenizer files), streaming it to "
-                    "the terminal.",
+                    "with config.json, model.safetensors and tokenizer files) or a GGUF file "
+                    "(llama.cpp), streaming it to the terminal. Sampling is the same on both.",
         epilog="example: hslm-generate runs/demo/model --prompt 'भारत की राजधानी' --temperature 0.8")
-    parser.add_argument("model", help="model folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("model", nargs="?", help="model folder (PyTorch)")
+    source.add_argument("--gguf", metavar="FILE", help="a GGUF file, run by llama.cpp")
     parser.add_argument("--prompt", help="prompt text (default: read from standard input)")
     parser.add_argument("--chat", action="store_true",
                         help="wrap the prompt as a user turn in the Gemma chat template")
@@ -31,11 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
                         help="stop when this text appears (repeatable)")
     parser.add_argument("--seed", type=int, help="same seed, same text")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="PyTorch only")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--no-bos", action="store_true", help="do not prepend <bos>")
     return parser
+
+
+def load_backend(args):
+    """(model or logits source, tokenizer) for what the user named."""
+    if args.gguf:
+        from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
+
+        try:
+            return load_gguf(args.gguf, threads=args.threads)
+        except GGUFLoadError as err:
+            raise UsageError(str(err)) from None
+    model, tokenizer = load_model_folder(args.model, args.dtype)
+    return model.to(args.device), tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,8 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
             stop_strings=args.stop, seed=args.seed)
-        model, tokenizer = load_model_folder(args.model, args.dtype)
-        model.to(args.device)
+        model, tokenizer = load_backend(args)
         add_bos = not args.no_bos
         if args.chat:
             prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}])

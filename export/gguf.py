@@ -6,8 +6,8 @@ bases (default 10k for both), the window (default: no layer windowed) and the pe
 sliding pattern (default: period 6). Norm weights are stored as (1 + w) in F32, as llama.cpp's
 Gemma graph multiplies by the weight directly. A tied output head is stored once.
 
-This module writes unquantized files (f32, f16, bf16) and q8_0; 4-bit types are made from an
-f32 file by llama.cpp's own quantizer (`hslm.quant.llama_cpp`).
+This module writes unquantized files (f32, f16, bf16); quantized types are made from an f32
+file by llama.cpp's own quantizer (`hslm.quant.llama_cpp`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ FILE_TYPES = {
     "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
-    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 
 # hslm per-layer parameter -> GGUF tensor kind (names come from gguf's own table).
@@ -78,7 +77,7 @@ def _tensor_data(name: str, tensor: torch.Tensor, weight_type) -> tuple[np.ndarr
         return data.astype(np.float32), gguf.GGMLQuantizationType.F32
     if weight_type == gguf.GGMLQuantizationType.F16:
         return data.astype(np.float16), weight_type
-    return gguf.quantize(data, weight_type), weight_type
+    return gguf.quantize(data, weight_type), weight_type  # bf16: gguf-py packs the bits
 
 
 def _write_metadata(writer: gguf.GGUFWriter, config: ModelConfig, file_type, name: str) -> None:
@@ -122,10 +121,10 @@ def _write_tokenizer(writer: gguf.GGUFWriter, tokenizer) -> None:
 
 def write_gguf(model: Gemma3, tokenizer, path: str | Path, out_type: str = "f16",
                name: str = "hslm") -> Path:
-    """Write `model` + `tokenizer` as a GGUF file of `out_type` (f32, f16, bf16, q8_0)."""
+    """Write `model` + `tokenizer` as a GGUF file of `out_type` (f32, f16, bf16)."""
     if out_type not in FILE_TYPES:
         raise GGUFExportError(f"unknown GGUF type {out_type!r}; this writer makes "
-                              f"{', '.join(FILE_TYPES)} (4-bit types come from hslm.quant)")
+                              f"{', '.join(FILE_TYPES)} (quantized types come from hslm.quant)")
     config = model.config
     if tokenizer.vocab_size != config.vocab_size:
         raise GGUFExportError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model has "

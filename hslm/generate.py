@@ -90,32 +90,57 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, rng: torch.Genera
     return int(torch.multinomial(logits.softmax(-1), 1, generator=rng))
 
 
-@torch.inference_mode()
-def generate_ids(model: Gemma3, prompt_ids: Sequence[int], params: SamplingParams,
+class TorchLogits:
+    """Next-token logits from the PyTorch model, with its KV cache (a `LogitsSource`).
+
+    A logits source is what the sampling loop needs from a backend: `context_length`, and
+    `reset()`, which forgets everything fed, and `feed(ids)`, which processes ids after those
+    fed so far and returns the last one's logits. Other runtimes (llama.cpp, ONNX Runtime)
+    provide the same members.
+    """
+
+    def __init__(self, model: Gemma3):
+        self.model = model
+        self.context_length = model.config.context_length
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = self.model.new_cache(batch_size=1)
+
+    @torch.inference_mode()
+    def feed(self, ids: Sequence[int]) -> torch.Tensor:
+        device = self.model.embed.weight.device
+        step_input = torch.tensor([list(ids)], dtype=torch.long, device=device)
+        return self.model(step_input, cache=self.cache, last_only=True)[0, -1]
+
+
+def generate_ids(model, prompt_ids: Sequence[int], params: SamplingParams,
                  stop_token_ids: Sequence[int] = ()) -> Iterator[int]:
-    """Yield new token ids one at a time; a stop token ends the stream and is not yielded."""
+    """Yield new token ids one at a time; a stop token ends the stream and is not yielded.
+
+    `model` is a `Gemma3` or any logits source (see `TorchLogits`).
+    """
+    source = TorchLogits(model) if isinstance(model, Gemma3) else model
+    source.reset()
     if not prompt_ids:
         raise ValueError("the prompt is empty: give at least one token (e.g. <bos>)")
-    limit = model.config.context_length
+    limit = source.context_length
     if len(prompt_ids) >= limit:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {limit}")
-    device = model.embed.weight.device
     rng = None
     if params.seed is not None:
-        rng = torch.Generator(device=device).manual_seed(params.seed)
+        rng = torch.Generator().manual_seed(params.seed)
     stops = set(stop_token_ids) | set(params.stop_token_ids)
-    ids = torch.tensor(prompt_ids, dtype=torch.long, device=device)
-    max_new = min(params.max_new_tokens, limit - len(prompt_ids))
-    cache = model.new_cache(batch_size=1)
-    step_input = ids[None]
-    for _ in range(max_new):
-        logits = model(step_input, cache=cache, last_only=True)[0, -1]
-        token = choose_token(process_logits(logits, params, ids), params, rng)
+    seen = list(prompt_ids)  # for the repetition penalty
+    new_ids = list(prompt_ids)
+    for _ in range(min(params.max_new_tokens, limit - len(prompt_ids))):
+        logits = source.feed(new_ids).float().cpu()
+        token = choose_token(process_logits(logits, params, torch.tensor(seen)), params, rng)
         if token in stops:
             return
         yield token
-        ids = torch.cat((ids, ids.new_tensor([token])))
-        step_input = ids[None, -1:]
+        seen.append(token)
+        new_ids = [token]
 
 
 class TextStream:
@@ -184,8 +209,12 @@ def stream(model: Gemma3, tokenizer, prompt: str | Sequence[int],
     if piece:
         result.text += piece
         yield piece
-    if produced == params.max_new_tokens or len(prompt_ids) + produced >= model.config.context_length:
+    if produced == params.max_new_tokens or len(prompt_ids) + produced >= _context_length(model):
         result.finish_reason = "length"
+
+
+def _context_length(model) -> int:
+    return model.config.context_length if isinstance(model, Gemma3) else model.context_length
 
 
 def generate(model: Gemma3, tokenizer, prompt: str | Sequence[int],

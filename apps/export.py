@@ -1,0 +1,69 @@
+"""hslm-export: turn an hslm model folder into files other runtimes load (GGUF for llama.cpp)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from hslm.apps.common import UsageError, fail, load_model_folder
+
+GGUF_CHOICES = ("f32", "f16", "bf16", "q8_0", "q4", "q4_0", "iq4_nl", "q4_k_m")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hslm-export",
+        description="Export an hslm model folder. --gguf writes a llama.cpp GGUF file with the "
+                    "tokenizer, chat template, sliding/global layer layout and both RoPE bases "
+                    "inside. f32/f16/bf16 are written directly; q8_0 and the 4-bit types are "
+                    "made by llama.cpp's own quantizer. 'q4' is IQ4_NL, the best 4-bit type for "
+                    "640-wide rows (K-quants need rows that are multiples of 256 and fall back).",
+        epilog="example: hslm-export runs/demo/model --gguf q4 --output runs/demo/model-q4.gguf")
+    parser.add_argument("model", help="model folder")
+    parser.add_argument("--gguf", choices=GGUF_CHOICES, required=True, metavar="TYPE",
+                        help=f"GGUF type: {', '.join(GGUF_CHOICES)}")
+    parser.add_argument("--output", help="output file (default: MODEL/model-TYPE.gguf)")
+    parser.add_argument("--embedding-type", choices=("f32", "f16", "q8_0", "q4_0", "iq4_nl"),
+                        help="type of the token embedding (quantized types only; default: "
+                             "llama.cpp's choice)")
+    parser.add_argument("--threads", type=int, default=0, help="quantizer threads (0 = all)")
+    return parser
+
+
+def export_gguf(args) -> None:
+    from hslm.export.gguf import FILE_TYPES, GGUFExportError, write_gguf
+    from hslm.quant.llama_cpp import QuantizeError, quantize_gguf
+
+    model, tokenizer = load_model_folder(args.model)
+    output = Path(args.output or Path(args.model) / f"model-{args.gguf}.gguf")
+    name = Path(args.model).resolve().name
+    try:
+        if args.gguf in FILE_TYPES and args.embedding_type is None:
+            write_gguf(model, tokenizer, output, args.gguf, name=name)
+            print(f"wrote {output} ({args.gguf}, {output.stat().st_size / 1e6:.1f} MB)")
+            return
+        if not output.parent.is_dir():
+            raise UsageError(f"output folder does not exist: {output.parent}")
+        with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
+            source = write_gguf(model, tokenizer, Path(scratch) / "model-f32.gguf", "f32", name=name)
+            report = quantize_gguf(source, output, args.gguf, args.embedding_type, args.threads)
+    except (GGUFExportError, QuantizeError) as err:
+        raise UsageError(str(err)) from None
+    print(f"wrote {report.summary()} ({output.stat().st_size / 1e6:.1f} MB)")
+    if report.fallbacks:
+        print(f"warning: {len(report.fallbacks)} tensor(s) could not use {report.requested} and "
+              "fell back to other types; q4 (IQ4_NL) applies everywhere", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        export_gguf(args)
+    except UsageError as err:
+        fail(str(err))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Runtimes that generate from exported models, one backend per module."""

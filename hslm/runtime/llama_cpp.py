@@ -1,0 +1,115 @@
+"""The llama.cpp backend: a GGUF file run through llama-cpp-python.
+
+llama.cpp computes the logits; sampling, stop handling and streaming are hslm's own
+(`hslm.generate`), so every backend samples the same way. Text is decoded from the token
+pieces stored in the GGUF file, not with `Llama.detokenize`, which silently drops any piece
+longer than 32 bytes (a Devanagari piece of 11+ characters). Text is normalised as hslm's
+tokenizer does before llama.cpp tokenizes it; its tokenizer then gives the same ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+from hslm.normalize import normalize
+
+_BYTE_PIECE_LENGTH = len("<0x00>")
+
+
+class GGUFLoadError(ValueError):
+    """A file llama.cpp cannot run as an hslm model (message says why)."""
+
+
+def _piece_bytes(piece: str, kind: int) -> bytes:
+    if kind == gguf.TokenType.BYTE and len(piece) == _BYTE_PIECE_LENGTH:
+        return bytes([int(piece[3:5], 16)])
+    if kind in (gguf.TokenType.NORMAL, gguf.TokenType.USER_DEFINED):
+        return piece.replace("▁", " ").encode("utf-8")
+    return b""  # control, unknown and unused tokens add no text
+
+
+class GGUFTokenizer:
+    """Encode with llama.cpp's tokenizer; decode from the pieces stored in the file."""
+
+    def __init__(self, llm, path: Path):
+        self.llm = llm
+        reader = gguf.GGUFReader(path)
+        tokens = reader.fields["tokenizer.ggml.tokens"]
+        kinds = reader.fields["tokenizer.ggml.token_type"]
+        pieces = [bytes(tokens.parts[i]).decode("utf-8") for i in tokens.data]
+        types = [int(kinds.parts[i][0]) for i in kinds.data]
+        self._piece_bytes = [_piece_bytes(p, k) for p, k in zip(pieces, types)]
+        ids = {piece: index for index, piece in enumerate(pieces)}
+        self.vocab_size = len(pieces)
+        self.bos_id, self.eos_id = llm.token_bos(), llm.token_eos()
+        self.end_of_turn_id = ids.get("<end_of_turn>", self.eos_id)
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        return self.llm.tokenize(normalize(text).encode("utf-8"), add_bos=add_bos, special=True)
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        return self._piece_bytes[token_id]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return b"".join(map(self.piece_bytes, ids)).decode("utf-8", errors="replace")
+
+
+class LlamaCppLogits:
+    """Next-token logits from llama.cpp (a logits source for `hslm.generate`)."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.context_length = llm.n_ctx()
+
+    def reset(self) -> None:
+        self.llm.reset()
+
+    def feed(self, ids: Sequence[int]) -> torch.Tensor:
+        import llama_cpp
+
+        self.llm.eval(list(ids))
+        # Llama.scores is only filled with logits_all; the context always holds the last row.
+        last = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return torch.from_numpy(np.ctypeslib.as_array(last, shape=(self.llm.n_vocab(),)).copy())
+
+    def all_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits at every position of `ids` (for parity checks); needs `all_logits=True`."""
+        self.reset()
+        self.llm.eval(list(ids))
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+
+def load_gguf(path: str | Path, threads: int | None = None, context_length: int | None = None,
+              all_logits: bool = False) -> tuple[LlamaCppLogits, GGUFTokenizer]:
+    """(logits source, tokenizer) for a GGUF file. The KV cache is kept in F32 so that the
+    file's own precision is what is measured."""
+    from llama_cpp import Llama
+
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFLoadError(f"GGUF file not found: {path}")
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError) as err:
+        raise GGUFLoadError(f"{path} is not a readable GGUF file: {err}") from None
+    if "tokenizer.ggml.tokens" not in reader.fields:
+        raise GGUFLoadError(f"{path} has no tokenizer inside; export it with hslm-export")
+    trained_context = int(reader.fields["gemma3.context_length"].parts[-1][0]) \
+        if "gemma3.context_length" in reader.fields else None
+    if trained_context is None:
+        raise GGUFLoadError(f"{path} is not a gemma3 GGUF file")
+    n_ctx = context_length or trained_context
+    if n_ctx > trained_context:
+        raise GGUFLoadError(f"a context of {n_ctx} is longer than the model's {trained_context}")
+    try:
+        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
+                    logits_all=all_logits, type_k=0, type_v=0, verbose=False)
+    except ValueError as err:  # llama-cpp-python's error for a file llama.cpp refused
+        raise GGUFLoadError(f"llama.cpp cannot load {path}: {err}") from None
+    return LlamaCppLogits(llm), GGUFTokenizer(llm, path)

@@ -1,0 +1,174 @@
+"""GGUF files run by llama.cpp compute what the PyTorch model computes; quantization; decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hslm.config import GLOBAL, SLIDING, ModelConfig
+from hslm.export.gguf import write_gguf
+from hslm.generate import Generation, SamplingParams, generate_ids, stream
+from hslm.model import Gemma3
+from hslm.quant.llama_cpp import QuantizeError, quantize_gguf
+from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
+
+LAYOUT = [GLOBAL, SLIDING, GLOBAL, SLIDING, SLIDING]  # not Gemma's "every 6th is global"
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def kl_divergence(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    p_log, q_log = log_softmax(reference), log_softmax(other)
+    return (np.exp(p_log) * (p_log - q_log)).sum(-1)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_tokenizer, tmp_path_factory):
+    torch.manual_seed(0)
+    config = ModelConfig.preset("tiny", vocab_size=trained_tokenizer.vocab_size, init_std=0.1,
+                                n_layers=5, layer_types=LAYOUT, rope_base_local=5_000.0,
+                                rope_base_global=200_000.0)
+    model = Gemma3(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0.0, 0.3)
+    folder = tmp_path_factory.mktemp("gguf")
+    path = write_gguf(model, trained_tokenizer, folder / "model-f32.gguf", "f32")
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def hindi_ids(trained_tokenizer, hindi_data_dir):
+    lines = (hindi_data_dir / "stories_bhaav_sentences.txt").read_text("utf-8").splitlines()
+    ids = trained_tokenizer.encode(" ".join(lines[:40]), add_bos=True)
+    return ids[:120]  # several windows of the tiny model (16)
+
+
+def torch_logits(model: Gemma3, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids]))[0].numpy()
+
+
+def test_f32_gguf_matches_pytorch(exported, hindi_ids):
+    model, path = exported
+    source, _ = load_gguf(path, all_logits=True)
+    ours, theirs = torch_logits(model, hindi_ids), source.all_logits(hindi_ids)
+    # llama.cpp's CPU GELU uses an fp16 table: the error scales with the activations.
+    tolerance = max(5e-3, 2e-4 * np.abs(ours).max())
+    assert np.abs(ours - theirs).max() <= tolerance
+    assert kl_divergence(ours, theirs).mean() < 1e-5
+    assert np.abs(ours).max() > 1.0  # logits large enough for the comparison to mean something
+
+
+def test_quantized_files_stay_close(exported, hindi_ids, tmp_path):
+    model, path = exported
+    ours = torch_logits(model, hindi_ids)
+    mean_kl = {}
+    for out_type in ("q8_0", "q4"):
+        report = quantize_gguf(path, tmp_path / f"{out_type}.gguf", out_type)
+        assert not report.fallbacks
+        assert report.bits_per_weight < (9.0 if out_type == "q8_0" else 8.0)
+        source, _ = load_gguf(report.path, all_logits=True)
+        mean_kl[out_type] = kl_divergence(ours, source.all_logits(hindi_ids)).mean()
+    # Thresholds from measurement on this random tiny model (q8_0 ≈ 1e-4, q4 ≈ 1e-2).
+    assert mean_kl["q8_0"] < 2e-3
+    assert mean_kl["q4"] < 0.1
+    assert mean_kl["q8_0"] < mean_kl["q4"]
+
+
+def test_k_quant_fallback_is_reported(exported, tmp_path):
+    _, path = exported
+    report = quantize_gguf(path, tmp_path / "k.gguf", "q4_k_m")
+    assert report.fallbacks  # 64-wide rows are not multiples of 256
+    assert "fell back" in report.summary()
+
+
+def test_quantize_errors(exported, tmp_path):
+    _, path = exported
+    with pytest.raises(QuantizeError, match="unknown quantization"):
+        quantize_gguf(path, tmp_path / "x.gguf", "q3_magic")
+    with pytest.raises(QuantizeError, match="not found"):
+        quantize_gguf(tmp_path / "missing.gguf", tmp_path / "x.gguf", "q8_0")
+
+
+def test_llama_cpp_tokenizer_agrees_with_sentencepiece(exported, trained_tokenizer, hindi_data_dir):
+    _, path = exported
+    _, gguf_tokenizer = load_gguf(path)
+    lines = []
+    for file in sorted(hindi_data_dir.glob("*.txt")):
+        lines += file.read_text("utf-8").splitlines()[:300]
+    lines += ["क़लम और क़लम", "a  b\tc\nd", "Kal 9:30 am ko alarm lagao 🙂", "र्‍य क्‌ष", ""]
+    mismatches = [line for line in lines
+                  if gguf_tokenizer.encode(line, add_bos=True)
+                  != trained_tokenizer.encode(line, add_bos=True)]
+    assert len(lines) > 2500
+    assert mismatches == []
+
+
+def test_greedy_generation_matches_pytorch(exported, trained_tokenizer, hindi_ids):
+    model, path = exported
+    source, _ = load_gguf(path)
+    params = SamplingParams(max_new_tokens=24, temperature=0)
+    prompt = hindi_ids[:40]
+    assert list(generate_ids(source, prompt, params)) == list(generate_ids(model, prompt, params))
+
+
+def test_long_devanagari_pieces_survive_decoding(exported, trained_tokenizer):
+    """llama-cpp-python's detokenizer drops pieces over 32 bytes; hslm's decoding must not."""
+    _, path = exported
+    source, gguf_tokenizer = load_gguf(path)
+    long_ids = [i for i in range(trained_tokenizer.vocab_size)
+                if len(trained_tokenizer.piece_bytes(i)) > 32]
+    assert long_ids, "the test tokenizer has no piece longer than 32 bytes"
+    ids = long_ids[:5] + [trained_tokenizer.encode("और")[0]]
+    expected = trained_tokenizer.decode(ids)
+    assert gguf_tokenizer.decode(ids) == expected
+    assert source.llm.detokenize(ids).decode("utf-8", errors="replace") != expected  # the bug
+
+    # And through generation: streamed text equals decoding the generated ids.
+    result = Generation(text="")
+    params = SamplingParams(max_new_tokens=30, temperature=1.0, seed=0)
+    text = "".join(stream(source, gguf_tokenizer, ids, params, result=result))
+    assert text == trained_tokenizer.decode(result.token_ids)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(GGUFLoadError, match="not found"):
+        load_gguf(tmp_path / "missing.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 20)
+    with pytest.raises(GGUFLoadError):
+        load_gguf(bad)
+
+
+def test_export_command_writes_runnable_gguf(exported, trained_tokenizer, hindi_ids, tmp_path, capsys):
+    from hslm.apps.export import main
+    from hslm.export.hf import save_hf
+
+    model, _ = exported
+    save_hf(model, tmp_path / "model", tokenizer=trained_tokenizer)
+    main([str(tmp_path / "model"), "--gguf", "q8_0", "--output", str(tmp_path / "m.gguf")])
+    assert "bits per weight" in capsys.readouterr().out
+    source, _ = load_gguf(tmp_path / "m.gguf", all_logits=True)
+    ours = torch_logits(model, hindi_ids[:60])
+    assert kl_divergence(ours, source.all_logits(hindi_ids[:60])).mean() < 2e-3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{tmp}/nope", "--gguf", "q4"], "model not found"),
+    (["{tmp}/model", "--gguf", "f16", "--output", "{tmp}/no/dir/m.gguf"], "does not exist"),
+])
+def test_export_command_errors(exported, trained_tokenizer, tmp_path, capsys, argv, message):
+    from hslm.apps.export import main
+    from hslm.export.hf import save_hf
+
+    save_hf(exported[0], tmp_path / "model", tokenizer=trained_tokenizer)
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
