@@ -17,3 +17,7 @@ hslm-model info "$run_dir/model"
 
 echo "== 3. generate: stream text from the model folder"
 hslm-generate "$run_dir/model" --prompt "भारत की राजधानी" --max-new-tokens 40 --seed 0
+
+echo "== 4. export: 4-bit GGUF for llama.cpp, then generate with it"
+hslm-export "$run_dir/model" --gguf q4 --output "$run_dir/model-q4.gguf" 2>"$run_dir/quantize.log"
+hslm-generate --gguf "$run_dir/model-q4.gguf" --prompt "भारत की राजधानी" --max-new-tokens 40 --seed 0
