@@ -129,6 +129,10 @@ def write_gguf(model: Gemma3, tokenizer, path: str | Path, out_type: str = "f16"
     if tokenizer.vocab_size != config.vocab_size:
         raise GGUFExportError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model has "
                               f"{config.vocab_size} embedding rows; llama.cpp needs them equal")
+    if config.query_pre_attn_scalar != config.head_dim:
+        raise GGUFExportError(
+            f"llama.cpp scales attention by 1/sqrt(head_dim) and reads no other scale; this model "
+            f"uses query_pre_attn_scalar={config.query_pre_attn_scalar} with head_dim={config.head_dim}")
     path = Path(path)
     if not path.parent.is_dir():
         raise GGUFExportError(f"output folder does not exist: {path.parent}")

@@ -122,3 +122,6 @@ def test_export_errors(trained_tokenizer, tmp_path):
                    tmp_path / "m.gguf", "f32")
     with pytest.raises(GGUFExportError, match="does not exist"):
         write_gguf(model, trained_tokenizer, tmp_path / "missing" / "m.gguf", "f32")
+    with pytest.raises(GGUFExportError, match="query_pre_attn_scalar"):
+        write_gguf(make_model(trained_tokenizer.vocab_size, query_pre_attn_scalar=20),
+                   trained_tokenizer, tmp_path / "m.gguf", "f32")
