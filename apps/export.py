@@ -29,21 +29,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="type of the token embedding (quantized types only; default: "
                              "llama.cpp's choice)")
     parser.add_argument("--threads", type=int, default=0, help="quantizer threads (0 = all)")
+    parser.add_argument("--ollama", action="store_true",
+                        help="also write an Ollama Modelfile (chat template, stop tokens, "
+                             "sampling defaults) beside the GGUF: `ollama create NAME -f Modelfile`")
     return parser
 
 
 def export_gguf(args) -> None:
+    model, tokenizer = load_model_folder(args.model)
+    output = write_gguf_file(args, model, tokenizer)
+    if args.ollama:
+        from hslm.export.ollama import write_modelfile
+
+        print(f"wrote {write_modelfile(output, model.config.context_length)}")
+
+
+def write_gguf_file(args, model, tokenizer) -> Path:
     from hslm.export.gguf import FILE_TYPES, GGUFExportError, write_gguf
     from hslm.quant.llama_cpp import QuantizeError, quantize_gguf
 
-    model, tokenizer = load_model_folder(args.model)
     output = Path(args.output or Path(args.model) / f"model-{args.gguf}.gguf")
     name = Path(args.model).resolve().name
     try:
         if args.gguf in FILE_TYPES and args.embedding_type is None:
             write_gguf(model, tokenizer, output, args.gguf, name=name)
             print(f"wrote {output} ({args.gguf}, {output.stat().st_size / 1e6:.1f} MB)")
-            return
+            return output
         if not output.parent.is_dir():
             raise UsageError(f"output folder does not exist: {output.parent}")
         with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
@@ -55,6 +66,7 @@ def export_gguf(args) -> None:
     if report.fallbacks:
         print(f"warning: {len(report.fallbacks)} tensor(s) could not use {report.requested} and "
               "fell back to other types; q4 (IQ4_NL) applies everywhere", file=sys.stderr)
+    return output
 
 
 def main(argv: list[str] | None = None) -> None:

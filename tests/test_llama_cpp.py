@@ -241,3 +241,20 @@ def test_export_command_errors(exported, trained_tokenizer, tmp_path, capsys, ar
         main([a.format(tmp=tmp_path) for a in argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_export_command_writes_ollama_modelfile(exported, trained_tokenizer, tmp_path, capsys):
+    from hslm.apps.export import main
+    from hslm.export.hf import save_hf
+
+    save_hf(exported[0], tmp_path / "model", tokenizer=trained_tokenizer)
+    main([str(tmp_path / "model"), "--gguf", "f16", "--output", str(tmp_path / "m.gguf"),
+          "--ollama"])
+    modelfile = (tmp_path / "Modelfile").read_text("utf-8")
+    lines = modelfile.splitlines()
+    assert lines[0] == "FROM ./m.gguf"
+    assert 'PARAMETER stop "<end_of_turn>"' in lines and 'PARAMETER stop "<eos>"' in lines
+    assert f"PARAMETER num_ctx {exported[0].config.context_length}" in lines
+    template = modelfile[modelfile.index('TEMPLATE """') + 12:modelfile.index('"""\nPARAMETER')]
+    assert "<start_of_turn>user\n" in template and "<start_of_turn>model\n" in template
+    assert template.count("{{") == template.count("}}")  # a well-formed Go template
