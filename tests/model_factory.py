@@ -1,4 +1,4 @@
-"""Small Gemma 3 models shared by test_model.py and test_hf_interop.py.
+"""Small Gemma 3 models shared by the model, interop, generation and export tests.
 
 Weights are perturbed away from the default init so that comparisons mean something: the RMSNorm
 weights are non-zero (so the (1 + w) scale matters) and the init std is large enough that logits

@@ -10,16 +10,14 @@ from hslm.export.hf import save_hf
 from hslm.generate import (Generation, SamplingParams, TextStream, generate, generate_ids,
                            process_logits, stream)
 from hslm.model import Gemma3
+from model_factory import perturb_norms
 
 
 def make_model(vocab_size: int, seed: int = 0) -> Gemma3:
     """A tiny model with weights large enough that its argmax depends on the context."""
     torch.manual_seed(seed)
     model = Gemma3(ModelConfig.preset("tiny", vocab_size=vocab_size, init_std=0.15)).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.normal_(0.0, 0.3)
+    perturb_norms(model)
     return model
 
 

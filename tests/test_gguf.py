@@ -10,15 +10,13 @@ import torch
 from hslm.config import GLOBAL, SLIDING, ModelConfig
 from hslm.export.gguf import GGUFExportError, gguf_name, write_gguf
 from hslm.model import Gemma3
+from model_factory import perturb_norms
 
 
 def make_model(vocab_size: int, **overrides) -> Gemma3:
     torch.manual_seed(0)
     model = Gemma3(ModelConfig.preset("tiny", vocab_size=vocab_size, init_std=0.1, **overrides))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.normal_(0.0, 0.3)
+    perturb_norms(model)
     return model.eval()
 
 

@@ -12,6 +12,7 @@ from hslm.generate import Generation, SamplingParams, generate_ids, stream
 from hslm.model import Gemma3
 from hslm.quant.llama_cpp import QuantizeError, quantize_gguf
 from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
+from model_factory import perturb_norms
 
 LAYOUT = [GLOBAL, SLIDING, GLOBAL, SLIDING, SLIDING]  # not Gemma's "every 6th is global"
 
@@ -91,10 +92,7 @@ def test_f32_gguf_matches_pytorch_at_hindi_270m_shape(trained_tokenizer, tmp_pat
     config = ModelConfig.preset("hindi-270m", vocab_size=trained_tokenizer.vocab_size,
                                 init_std=0.05)
     model = Gemma3(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.normal_(0.0, 0.3)
+    perturb_norms(model)
     ids = torch.randint(6, config.vocab_size, (600,), generator=torch.Generator().manual_seed(0))
     ids = [trained_tokenizer.bos_id] + ids.tolist()  # more tokens than the 512 window
     source, _ = load_gguf(write_gguf(model, trained_tokenizer, tmp_path / "m.gguf", "f32"),
