@@ -166,14 +166,16 @@ def test_quantize_errors(exported, tmp_path):
 def test_llama_cpp_tokenizer_agrees_with_sentencepiece(exported, trained_tokenizer, hindi_data_dir):
     _, path = exported
     _, gguf_tokenizer = load_gguf(path)
-    lines = []
+    lines = (hindi_data_dir / "hinglish_top_code_switched_queries.txt").read_text("utf-8").splitlines()
     for file in sorted(hindi_data_dir.glob("*.txt")):
-        lines += file.read_text("utf-8").splitlines()[:300]
-    lines += ["क़लम और क़लम", "a  b\tc\nd", "Kal 9:30 am ko alarm lagao 🙂", "र्‍य क्‌ष", ""]
+        lines += file.read_text("utf-8").splitlines()[:1000]
+    lines += ["क़लम और क़लम", "ज़िंदगी 2024 में 15,000 रुपये", "a  b\t\tc\n\nd  ", "   leading",
+              "Kal 9:30 am ko alarm lagao 🙂👍🏽", "र्‍य क्‌ष", "", "\n",
+              "<start_of_turn>user\nनमस्ते<end_of_turn>\n<start_of_turn>model\n", "<bos>शुरू<eos>"]
     mismatches = [line for line in lines
                   if gguf_tokenizer.encode(line, add_bos=True)
                   != trained_tokenizer.encode(line, add_bos=True)]
-    assert len(lines) > 2500
+    assert len(lines) > 20_000
     assert mismatches == []
 
 
