@@ -1,0 +1,1 @@
+"""Data for training: token shards on disk and the batches read from them."""

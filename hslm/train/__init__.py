@@ -1,0 +1,1 @@
+"""Training: config, checkpoints and the loop (single process; DDP is the next step)."""
