@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hslm.files import write_atomically
 
 FORMAT = "hslm-token-shards"
 VERSION = 1
@@ -30,15 +31,6 @@ class ShardError(ValueError):
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -68,7 +60,7 @@ class ShardWriter:
         data = np.concatenate(docs).tobytes()
         shards = self.shards.setdefault(split, [])
         name = f"{split}_{len(shards):05d}.bin"
-        _atomic_write(self.output_dir / name, data)
+        write_atomically(self.output_dir / name, lambda f: f.write(data))
         shards.append({"file": name, "tokens": len(data) // self.dtype.itemsize,
                        "documents": len(docs), "sha256": hashlib.sha256(data).hexdigest()})
 
@@ -79,7 +71,8 @@ class ShardWriter:
                     "vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256,
                     "splits": self.shards, **(extra_manifest or {})}
         path = self.output_dir / MANIFEST
-        _atomic_write(path, (json.dumps(manifest, indent=2) + "\n").encode())
+        text = (json.dumps(manifest, indent=2) + "\n").encode()
+        write_atomically(path, lambda f: f.write(text))
         return path
 
 

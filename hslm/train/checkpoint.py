@@ -14,27 +14,17 @@ from pathlib import Path
 
 import torch
 
+from hslm.files import write_atomically
+
 PATTERN = "step_*.pt"
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep_last: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:06d}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_write(path.with_name(path.name + ".sha256"), _sha256(path).encode())
+    write_atomically(path, lambda f: torch.save(state, f))
+    checksum = _sha256(path).encode()
+    write_atomically(path.with_name(path.name + ".sha256"), lambda f: f.write(checksum))
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
