@@ -19,24 +19,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def load_model_folder(path: str | Path, dtype: str = "float32"):
-    """(model, tokenizer) from an hslm model folder (a Hugging Face folder with tokenizer files)."""
+    """(model, tokenizer) from a model folder, a training checkpoint or a training run."""
     import torch
 
-    from hslm.export.hf import HFFormatError, load_hf
-    from hslm.tokenizer import Tokenizer, TokenizerError
+    from hslm.runtime.torch import ModelLoadError, load_torch_model
 
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"model not found: {path}")
-    if not path.is_dir():
-        raise UsageError(f"{path} is not a model folder (expected config.json, model.safetensors "
-                         "and tokenizer files)")
     try:
-        model = load_hf(path, dtype=getattr(torch, dtype)).eval()
-        tokenizer = Tokenizer.load(path)
-    except (HFFormatError, TokenizerError) as err:
+        return load_torch_model(path, getattr(torch, dtype))
+    except ModelLoadError as err:
         raise UsageError(str(err)) from None
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise UsageError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                         f"{model.config.vocab_size} embedding rows")
-    return model, tokenizer

@@ -1,4 +1,4 @@
-"""hslm-train: pre-train an hslm model on token shards (CPU or one GPU)."""
+"""hslm-train: pre-train or fine-tune an hslm model, in one process or under torchrun."""
 
 from __future__ import annotations
 
@@ -9,80 +9,107 @@ from tqdm import tqdm
 
 from hslm.apps.common import UsageError, fail
 
+EXIT_STOPPED = 3  # stopped by a signal after checkpointing: run the same command to resume
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hslm-train",
-        description="Pre-train a model on token shards (see hslm-data tokenize). Checkpoints are "
-                    "written atomically under OUT/checkpoints with checksums; running the same "
-                    "command again resumes from the newest valid one. At the end the model is "
-                    "written to OUT/model, a folder hslm-generate and hslm-export read.",
-        epilog="example: hslm-train --config configs/tiny-cpu.yaml data=runs/demo/shards steps=500")
-    parser.add_argument("--config", help="YAML/JSON training config (see hslm/train/config.py)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Pre-train on token shards (task=pretrain, see hslm-data tokenize) or fine-tune on JSONL
+conversations (task=sft, with init_from=a pre-trained model or run). Keys and defaults:
+hslm/train/config.py; example configs: configs/.
+
+Checkpoints are written atomically under OUT/checkpoints with checksums (the last keep_last
+plus the best by validation loss); running the same command again resumes from the newest
+valid one, also after a crash. SIGTERM or Ctrl-C checkpoints after the current step and exits
+with code 3. Metrics: OUT/metrics.jsonl (and OUT/logs/rank_N.jsonl per rank), fsynced every
+record. At the end the model is written to OUT/model, a folder hslm-generate and hslm-export
+read (they also read OUT itself or a checkpoint file).
+
+Several processes (DDP; NCCL on GPUs, gloo on CPUs):
+  torchrun --nproc-per-node 8 -m hslm.apps.train --config configs/hindi-270m-gpu.yaml ...""",
+        epilog="example: hslm-train --config configs/tiny-cpu.yaml data=runs/demo/shards "
+               "tokenizer=runs/demo/tokenizer steps=500")
+    parser.add_argument("--config", help="YAML/JSON training config")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override config keys, e.g. lr=1e-3 model_overrides.n_layers=6")
     parser.add_argument("--samples", type=int, default=2, help="sample generations at the end")
     return parser
 
 
-def run(args) -> None:
-    from hslm.config import ConfigError, ModelConfig
-    from hslm.data.shards import ShardError, TokenShards
+def run(args) -> int:
+    from hslm.config import ConfigError
     from hslm.export.hf import save_hf
-    from hslm.generate import SamplingParams, generate
     from hslm.tokenizer import Tokenizer, TokenizerError
+    from hslm.train import distributed
     from hslm.train.config import TrainConfig
+    from hslm.train.evaluate import sample_generations
     from hslm.train.loop import TrainingError, train
 
     try:
         config = TrainConfig.load(args.config, args.overrides)
         if not config.data or not config.tokenizer:
-            raise UsageError("set data=SHARD_FOLDER and tokenizer=TOKENIZER_FOLDER")
+            raise UsageError("set data=... (shards or conversations) and tokenizer=FOLDER")
+        if config.task == "sft" and not config.init_from:
+            print("warning: task=sft without init_from fine-tunes a randomly initialised model")
         tokenizer = Tokenizer.load(config.tokenizer)
-        shards = TokenShards(config.data, "train")
-        if shards.manifest["tokenizer_sha256"] != tokenizer.sha256:
-            raise UsageError(f"the shards in {config.data} were made with another tokenizer "
-                             f"than {config.tokenizer}")
-        model_config = ModelConfig.preset(config.model, vocab_size=tokenizer.vocab_size,
-                                          **config.model_overrides)
-        if config.seq_len > model_config.context_length:
-            raise UsageError(f"seq_len {config.seq_len} exceeds the model's context "
-                             f"{model_config.context_length}")
-    except (ConfigError, ShardError, TokenizerError) as err:
+        world = distributed.setup(config.device)
+    except (ConfigError, TokenizerError) as err:
         raise UsageError(str(err)) from None
 
-    counts = model_config.param_counts()
-    print(f"model {config.model}: {counts['total']:,} parameters; {shards.num_tokens:,} training "
-          f"tokens; {config.steps} steps of {config.grad_accum * config.micro_batch * config.seq_len:,} tokens")
-    bar = tqdm(total=config.steps, desc="training", unit="step")
+    bar = None
+    if world.is_main:
+        print(f"{config.task} on {world.world_size} x {world.device}: {config.steps} steps of "
+              f"{config.batch_tokens:,} tokens ({config.precision})")
+        bar = tqdm(total=config.steps, desc="training", unit="step")
 
     def show(record: dict) -> None:
         bar.n = record["step"]
+        mfu = f"{100 * record['mfu']:.1f}%" if record["mfu"] is not None else "n/a"
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}",
-                        tok_s=f"{record['tokens_per_s']:.0f}")
+                        tok_s=f"{record['tokens_per_s']:.0f}", mfu=mfu)
         bar.refresh()
+        if "val_loss" in record:
+            bar.write(f"step {record['step']}: val loss {record['val_loss']:.3f}, "
+                      f"bits/byte {record['val_bpb']:.3f}")
+            for sample in record.get("samples", []):
+                bar.write(f"  {sample}")
 
     try:
-        result = train(config, model_config, progress=show)
-    except TrainingError as err:
+        result = train(config, tokenizer, world, progress=show)
+    except (TrainingError, ConfigError) as err:
         raise UsageError(str(err)) from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        distributed.teardown(world)
+    if not world.is_main:
+        return 0
+    if result.stopped_by:
+        print(f"stopped by {result.stopped_by} at step {result.step}; checkpoint written. "
+              "Run the same command to resume.")
+        return EXIT_STOPPED
     folder = save_hf(result.model.cpu(), f"{config.out}/model", tokenizer=tokenizer)
-    print(json.dumps({"step": result.step, "val_loss": result.val_loss,
-                      "skipped_steps": result.skipped_steps, "model": str(folder)}))
-    for prompt in ["भारत की राजधानी", "Kal subah"][:args.samples]:
-        sample = generate(result.model, tokenizer, prompt,
-                          SamplingParams(max_new_tokens=40, temperature=0.8, top_k=50, seed=0))
-        print(f"\n{prompt} → {sample.text}")
+    summary = {"step": result.step, "tokens": result.tokens, "skipped_steps": result.skipped_steps,
+               **{k: v for k, v in result.evaluation.items() if k != "samples"},
+               "model": str(folder)}
+    print(json.dumps(summary))
+    for sample in sample_generations(result.model, tokenizer, config.task, args.samples,
+                                     max_new_tokens=40):
+        print(f"\n{sample}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        code = run(args)
     except UsageError as err:
         fail(str(err))
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,11 @@ class Tokenizer:
         return self._special_ids[END_OF_TURN]
 
     @property
+    def model_bytes(self) -> bytes:
+        """The serialised SentencePiece model (what tokenizer.model holds)."""
+        return self._model
+
+    @property
     def sha256(self) -> str:
         """Checksum of the tokenizer.model bytes: ties a checkpoint to its vocabulary."""
         return hashlib.sha256(self._model).hexdigest()

@@ -1,19 +1,26 @@
-"""Token shards, checkpoints and the training loop: determinism, resume, corruption, errors."""
+"""Token shards, checkpoints and the training loop in one process: determinism, resume,\ncorruption, precision, loss, metrics, errors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from hslm.config import ModelConfig
+from hslm.config import ConfigError, ModelConfig
 from hslm.data.shards import ShardError, ShardWriter, TokenShards, write_shards_from_texts
+from hslm.model import Gemma3
 from hslm.train import loop
-from hslm.train.checkpoint import load_latest
+from hslm.train import loss as loss_module
+from hslm.train.checkpoint import CheckpointError, best_checkpoint, load_checkpoint, load_latest
 from hslm.train.config import TrainConfig
+from hslm.train.distributed import World
+from hslm.train.evaluate import evaluate, token_byte_lengths
 from hslm.train.loop import TrainingError, learning_rate, train
+from hslm.train.loss import IGNORE, cross_entropy_sum, per_token_losses
+from hslm.train.metrics import flops_per_token, peak_tflops
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +31,13 @@ def shard_dir(trained_tokenizer, hindi_data_dir, tmp_path_factory):
     return folder
 
 
-def small_run(shard_dir, tokenizer_dir, out, **overrides) -> tuple[TrainConfig, ModelConfig]:
+def small_run(shard_dir, tokenizer_dir, out, **overrides) -> TrainConfig:
     values = {"data": str(shard_dir), "tokenizer": str(tokenizer_dir), "out": str(out),
-              "steps": 6, "seq_len": 32, "micro_batch": 4, "grad_accum": 2, "warmup": 2,
-              "eval_every": 3, "eval_batches": 1, "checkpoint_every": 3, "log_every": 1,
-              "precision": "fp32", **overrides}
-    config = TrainConfig(**values)
-    return config, ModelConfig.preset("tiny", vocab_size=8000)
+              "steps": 6, "seq_len": 32, "micro_batch": 4, "batch_tokens": 256, "warmup": 2,
+              "eval_every": 3, "eval_batches": 1, "eval_samples": 0, "checkpoint_every": 3,
+              "log_every": 1, "precision": "fp32", "device": "cpu", "peak_tflops": 1.0,
+              **overrides}
+    return TrainConfig(**values)
 
 
 # ---------------------------------------------------------------- shards
@@ -56,9 +63,9 @@ def test_shards_round_trip_and_dtype(tmp_path):
 
 def test_batches_depend_only_on_seed_step_and_rank(shard_dir):
     shards = TokenShards(shard_dir)
-    a = shards.batch(step=3, micro_step=1, rank=0, batch_size=4, seq_len=16, seed=7)
-    b = TokenShards(shard_dir).batch(step=3, micro_step=1, rank=0, batch_size=4, seq_len=16, seed=7)
-    c = shards.batch(step=3, micro_step=1, rank=1, batch_size=4, seq_len=16, seed=7)
+    a = shards.batch(step=3, index=1, batch_size=4, seq_len=16, seed=7)
+    b = TokenShards(shard_dir).batch(step=3, index=1, batch_size=4, seq_len=16, seed=7)
+    c = shards.batch(step=3, index=2, batch_size=4, seq_len=16, seed=7)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
     assert torch.equal(a[0][:, 1:], a[1][:, :-1])  # targets are inputs shifted by one
@@ -89,52 +96,153 @@ def test_learning_rate_schedule():
     assert all(learning_rate(config, s) >= learning_rate(config, s + 1) for s in range(10, 99))
 
 
-def test_resumed_run_equals_uninterrupted_run(shard_dir, trained_tokenizer_dir, tmp_path):
-    config, model_config = small_run(shard_dir, trained_tokenizer_dir, tmp_path / "straight")
-    straight = train(config, model_config)
-
-    config, _ = small_run(shard_dir, trained_tokenizer_dir, tmp_path / "resumed")
-    assert train(config, model_config, stop_at_step=4).step == 4  # as if pre-empted after 4
-    resumed = train(config, model_config)  # the same command again: resumes
-    assert resumed.step == 6
-    for name, tensor in straight.model.state_dict().items():
-        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
-    losses = {run: [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").open()]
-              for run in ("straight", "resumed")}
-    assert losses["straight"] == losses["resumed"]
 
 
-def test_corrupted_checkpoint_falls_back_to_previous(shard_dir, trained_tokenizer_dir, tmp_path):
-    config, model_config = small_run(shard_dir, trained_tokenizer_dir, tmp_path, keep_last=3)
-    train(config, model_config)
+def test_global_batch_sets_accumulation():
+    config = TrainConfig(batch_tokens=1024, micro_batch=4, seq_len=32)
+    assert config.grad_accum(1) == 8 and config.grad_accum(2) == 4 and config.grad_accum(8) == 1
+    with pytest.raises(ConfigError, match="not a multiple"):
+        config.grad_accum(3)
+
+
+def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, b.state_dict()[name]) for name, x in a.state_dict().items())
+
+
+def metric_lines(path) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_resumed_run_equals_uninterrupted_run(shard_dir, trained_tokenizer_dir, trained_tokenizer,
+                                              tmp_path, precision):
+    straight = train(small_run(shard_dir, trained_tokenizer_dir, tmp_path / "straight",
+                               precision=precision), trained_tokenizer)
+    config = small_run(shard_dir, trained_tokenizer_dir, tmp_path / "resumed", precision=precision)
+    assert train(config, trained_tokenizer, stop_at_step=4).step == 4  # as if pre-empted
+    resumed = train(config, trained_tokenizer)  # the same command again: resumes
+    assert resumed.step == 6 and resumed.tokens == straight.tokens == 6 * 256
+    assert weights_equal(straight.model, resumed.model)
+    runs = {run: metric_lines(tmp_path / run / "metrics.jsonl") for run in ("straight", "resumed")}
+    assert [r["loss"] for r in runs["straight"]] == [r["loss"] for r in runs["resumed"]]
+    if precision == "fp16":  # the grad scaler's state came back with the checkpoint
+        assert [r["loss_scale"] for r in runs["straight"]] == [r["loss_scale"] for r in runs["resumed"]]
+        assert load_latest(tmp_path / "resumed" / "checkpoints")["scaler"]["scale"] > 0
+
+
+def test_checkpoint_contents_and_retention(shard_dir, trained_tokenizer_dir, trained_tokenizer,
+                                           tmp_path, monkeypatch):
+    # Validation losses made to be best at step 2, so it must outlive keep_last=2.
+    fake_losses = iter([5.0, 3.0, 4.0, 6.0, 7.0, 8.0])
+    real_evaluate = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: {**real_evaluate(*a, **k),
+                                                           "val_loss": next(fake_losses)})
+    config = small_run(shard_dir, trained_tokenizer_dir, tmp_path, eval_every=1,
+                       checkpoint_every=1, keep_last=2)
+    train(config, trained_tokenizer)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.pt")) == [
+        "step_000002.pt", "step_000005.pt", "step_000006.pt"]
+    assert best_checkpoint(folder)["step"] == 2
+    state = load_latest(folder)
+    for key in ("model", "optimizer", "scaler", "step", "tokens", "rng", "data", "config",
+                "model_config", "tokenizer_sha256", "tokenizer_model"):
+        assert key in state, key
+    assert state["tokenizer_sha256"] == trained_tokenizer.sha256
+    assert not any(name.startswith("_orig_mod") for name in state["model"])
+
+
+def test_corrupted_checkpoint_falls_back_to_previous(shard_dir, trained_tokenizer_dir,
+                                                     trained_tokenizer, tmp_path, capsys):
+    train(small_run(shard_dir, trained_tokenizer_dir, tmp_path, keep_last=3), trained_tokenizer)
     newest = tmp_path / "checkpoints" / "step_000006.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
-    state = load_latest(tmp_path / "checkpoints")
-    assert state["step"] == 3
+    assert load_latest(tmp_path / "checkpoints")["step"] == 3
+    assert "step_000006.pt: incomplete or corrupted" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(newest)
     (tmp_path / "checkpoints" / "step_000003.pt.sha256").unlink()  # never marked complete
     assert load_latest(tmp_path / "checkpoints") is None
 
 
-def test_non_finite_steps_are_skipped_then_abort(shard_dir, trained_tokenizer_dir, tmp_path,
-                                                 monkeypatch):
-    config, model_config = small_run(shard_dir, trained_tokenizer_dir, tmp_path, max_nonfinite=3)
-    real_loss = loop.loss_of
+def test_non_finite_steps_are_skipped_then_abort(shard_dir, trained_tokenizer_dir,
+                                                 trained_tokenizer, tmp_path, monkeypatch):
+    real_loss = loss_module.cross_entropy_sum
     calls = {"n": 0}
 
     def sometimes_nan(*args):
         calls["n"] += 1
-        loss = real_loss(*args)
-        return loss * float("nan") if calls["n"] in (3, 4) else loss  # step 2 is poisoned
+        value = real_loss(*args)
+        return value * float("nan") if calls["n"] in (3, 4) else value  # step 2's micro-steps
 
-    monkeypatch.setattr(loop, "loss_of", sometimes_nan)
-    result = train(config, model_config)
+    monkeypatch.setattr(loss_module, "cross_entropy_sum", sometimes_nan)
+    config = small_run(shard_dir, trained_tokenizer_dir, tmp_path, max_nonfinite=3)
+    result = train(config, trained_tokenizer)
     assert result.skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
-    monkeypatch.setattr(loop, "loss_of", lambda *args: real_loss(*args) * float("nan"))
-    config, _ = small_run(shard_dir, trained_tokenizer_dir, tmp_path / "nan", max_nonfinite=3)
+    monkeypatch.setattr(loss_module, "cross_entropy_sum",
+                        lambda *args: real_loss(*args) * float("nan"))
+    config = small_run(shard_dir, trained_tokenizer_dir, tmp_path / "nan", max_nonfinite=3)
     with pytest.raises(TrainingError, match="3 steps in a row"):
-        train(config, model_config)
+        train(config, trained_tokenizer)
+
+
+def test_chunked_cross_entropy_equals_full():
+    torch.manual_seed(0)
+    hidden = torch.randn(50, 16, requires_grad=True)
+    weight = torch.randn(300, 16, requires_grad=True)
+    targets = torch.randint(0, 300, (50,))
+    targets[::7] = IGNORE
+    full = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE,
+                                             reduction="sum")
+    full_grads = torch.autograd.grad(full, (hidden, weight))
+    chunked = cross_entropy_sum(hidden, weight, targets, chunk_tokens=8)
+    chunked_grads = torch.autograd.grad(chunked, (hidden, weight))
+    torch.testing.assert_close(chunked, full)
+    for a, b in zip(chunked_grads, full_grads):
+        torch.testing.assert_close(a, b)
+    assert per_token_losses(hidden, weight, targets, 8)[::7].eq(0).all()
+
+
+def test_validation_bits_per_byte(shard_dir, trained_tokenizer):
+    import math
+
+    model = Gemma3(ModelConfig.preset("tiny", vocab_size=trained_tokenizer.vocab_size))
+    shards = TokenShards(shard_dir, "val")
+    world = World(0, 1, 0, torch.device("cpu"))
+    lengths = token_byte_lengths(trained_tokenizer)
+    result = evaluate(model, shards, world, 2, 4, 32, 1, 64, lengths, contextlib.nullcontext())
+    # By hand: per-token losses of the same two batches, text tokens only.
+    nats = nbytes = 0.0
+    for index in range(2):
+        inputs, targets = shards.batch(0, index, 4, 32, 1)
+        logits = model(inputs).flatten(0, 1)
+        losses = torch.nn.functional.cross_entropy(logits, targets.flatten(), reduction="none")
+        sizes = torch.tensor([len(trained_tokenizer.piece_bytes(int(t))) for t in targets.flatten()])
+        nats += losses[sizes > 0].sum().item()
+        nbytes += sizes.sum().item()
+    assert result["val_bpb"] == pytest.approx(nats / math.log(2) / nbytes, rel=1e-5)
+    assert result["val_ppl"] == pytest.approx(math.exp(result["val_loss"]))
+    assert lengths[trained_tokenizer.eos_id] == 0 and lengths[trained_tokenizer.bos_id] == 0
+
+
+def test_flops_per_token_and_peaks(monkeypatch):
+    config = ModelConfig.preset("hindi-270m")
+    counts = config.param_counts()
+    flops = flops_per_token(config, 1024)
+    # 6 per matmul weight (embedding lookup excluded, output head included) + attention.
+    assert flops > 6 * (counts["non_embedding"] + config.hidden_size * config.vocab_size)
+    assert flops_per_token(config, 2048) - flops_per_token(config, 1024) == pytest.approx(
+        3 * 12 * config.n_heads * config.head_dim * 1024)  # only the 3 global layers grow
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA A30")
+    assert peak_tflops(torch.device("cuda", 0), torch.bfloat16) == 165.0
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H100 PCIe")
+    assert peak_tflops(torch.device("cuda", 0), torch.bfloat16) == 756.0
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Unknown GPU 9000")
+    assert peak_tflops(torch.device("cuda", 0), torch.bfloat16) is None
+    assert peak_tflops(torch.device("cuda", 0), torch.bfloat16, configured=100.0) == 100.0
+    assert 0 < peak_tflops(torch.device("cpu"), torch.float32) < 100  # measured on this CPU
 
 
 def test_train_command_end_to_end(shard_dir, trained_tokenizer_dir, tmp_path, capsys):
@@ -143,23 +251,55 @@ def test_train_command_end_to_end(shard_dir, trained_tokenizer_dir, tmp_path, ca
 
     main(["data=" + str(shard_dir), "tokenizer=" + str(trained_tokenizer_dir),
           "out=" + str(tmp_path), "steps=4", "seq_len=32", "micro_batch=4", "warmup=1",
-          "eval_every=2", "eval_batches=1", "precision=fp32", "--samples", "1"])
+          "batch_tokens=128", "eval_every=2", "eval_batches=1", "precision=bf16",
+          "--samples", "1"])
     out = capsys.readouterr().out
-    assert '"step": 4' in out and "→" in out
-    model, tokenizer = load_model_folder(tmp_path / "model")
-    assert model.config.vocab_size == tokenizer.vocab_size
+    assert '"step": 4' in out and '"val_bpb"' in out and "→" in out
+    folder_model, tokenizer = load_model_folder(tmp_path / "model")
+    assert folder_model.config.vocab_size == tokenizer.vocab_size
+    # The run folder and a checkpoint file load too, with the same weights.
+    for path in (tmp_path, tmp_path / "checkpoints" / "step_000004.pt"):
+        model, checkpoint_tokenizer = load_model_folder(path)
+        assert weights_equal(model, folder_model) and checkpoint_tokenizer.sha256 == tokenizer.sha256
+    records = metric_lines(tmp_path / "metrics.jsonl")
+    assert records[-1]["step"] == 4 and records[-1]["mfu"] > 0
+    assert metric_lines(tmp_path / "logs" / "rank_0.jsonl")[-1]["rank"] == 0
+
+
+def test_compiled_training_saves_plain_weights(shard_dir, trained_tokenizer_dir,
+                                               trained_tokenizer, tmp_path):
+    pytest.importorskip("torch._inductor")
+    config = small_run(shard_dir, trained_tokenizer_dir, tmp_path / "compiled", compile=True,
+                       steps=2, warmup=1, checkpoint_every=2, eval_every=2)
+    compiled = train(config, trained_tokenizer)
+    plain = train(small_run(shard_dir, trained_tokenizer_dir, tmp_path / "plain", steps=2,
+                            warmup=1, checkpoint_every=2, eval_every=2), trained_tokenizer)
+    state = load_latest(tmp_path / "compiled" / "checkpoints")["model"]
+    assert set(state) == set(plain.model.state_dict())  # no _orig_mod. prefixes
+    losses = [[r["loss"] for r in metric_lines(tmp_path / run / "metrics.jsonl")]
+              for run in ("compiled", "plain")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    # Adam turns tiny numeric differences of near-zero gradients into up to lr per step.
+    for name, tensor in plain.model.state_dict().items():
+        difference = (compiled.model.state_dict()[name] - tensor).abs()
+        assert difference.mean() < 1e-5 and difference.max() <= 2 * config.lr * config.steps, name
 
 
 @pytest.mark.parametrize("argv, message", [
     (["steps=0"], "steps must be a positive integer"),
     (["bogus=1"], "unknown training key"),
     (["precision=fp8"], "precision"),
+    (["compile=maybe"], "compile must be true or false"),
+    (["batch_tokens=100"], "not a multiple"),
+    (["seq_len=512", "batch_tokens=4096"], "exceeds the model's context"),
+    (["init_from=/nonexistent"], "init_from: model not found"),
     (["--config", "/nonexistent.yaml"], "config file not found"),
 ])
 def test_train_command_errors(shard_dir, trained_tokenizer_dir, tmp_path, capsys, argv, message):
     from hslm.apps.train import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(argv + ["data=" + str(shard_dir), "tokenizer=" + str(trained_tokenizer_dir)])
+        main(argv + ["data=" + str(shard_dir), "tokenizer=" + str(trained_tokenizer_dir),
+                     "out=" + str(tmp_path)])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err

@@ -4,8 +4,9 @@
     out/train_00000.bin ...     ids, documents as <bos> ids <eos>, back to back
 
 Ids are uint16 when the vocabulary fits, uint32 otherwise (never truncated). Batches are
-random windows whose positions depend only on (seed, step, micro_step, rank), so a resumed
-run reads exactly the batches an uninterrupted one would have read.
+random windows whose positions depend only on (seed, step, index), where index numbers the
+micro-batches of a step across all ranks; so a resumed run reads exactly the batches an
+uninterrupted one would have read, and 2 ranks read what 1 rank with 2 micro-steps reads.
 """
 
 from __future__ import annotations
@@ -124,12 +125,12 @@ class TokenShards:
             offset += n
         return np.asarray(out, dtype=np.int64)
 
-    def batch(self, step: int, micro_step: int, rank: int, batch_size: int, seq_len: int,
+    def batch(self, step: int, index: int, batch_size: int, seq_len: int,
               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.num_tokens <= seq_len + 1:
             raise ShardError(f"the split holds {self.num_tokens} tokens, fewer than one sequence "
                              f"of {seq_len + 1}")
-        rng = np.random.default_rng([seed, step, micro_step, rank])
+        rng = np.random.default_rng([seed, step, index])
         starts = rng.integers(0, self.num_tokens - seq_len - 1, size=batch_size)
         rows = torch.from_numpy(np.stack([self._window(int(s), seq_len + 1) for s in starts]))
         return rows[:, :-1], rows[:, 1:]

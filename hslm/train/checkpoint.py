@@ -3,11 +3,13 @@
 `step_000100.pt` is written to a temporary file, fsynced and atomically renamed; then its
 sha256 is written beside it (`.sha256`), which marks it complete. Loading takes the newest
 checkpoint whose checksum matches; a truncated or corrupted one is reported and skipped.
+The newest `keep_last` are kept, plus the one with the best validation loss (`best.json`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,23 +19,49 @@ import torch
 from hslm.files import write_atomically
 
 PATTERN = "step_*.pt"
+BEST = "best.json"
 
 
-def save_checkpoint(folder: Path, step: int, state: dict, keep_last: int) -> Path:
+class CheckpointError(ValueError):
+    """No usable checkpoint where one was asked for (message says why)."""
+
+
+def save_checkpoint(folder: Path, step: int, state: dict, keep_last: int,
+                    val_loss: float | None = None) -> Path:
+    """Write the checkpoint of `step`; `val_loss` (measured at this step) competes for best."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:06d}.pt"
     write_atomically(path, lambda f: torch.save(state, f))
     checksum = _sha256(path).encode()
     write_atomically(path.with_name(path.name + ".sha256"), lambda f: f.write(checksum))
+    best = best_checkpoint(folder)
+    if val_loss is not None and (best is None or val_loss < best["val_loss"]):
+        best = {"step": step, "val_loss": val_loss, "file": path.name}
+        text = json.dumps(best).encode()
+        write_atomically(folder / BEST, lambda f: f.write(text))
+    _fsync_dir(folder)
+    keep = {best["file"]} if best else set()
+    for old in sorted(folder.glob(PATTERN))[:-keep_last]:
+        if old.name not in keep:
+            old.unlink()
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    return path
+
+
+def best_checkpoint(folder: Path) -> dict | None:
+    """{"step", "val_loss", "file"} of the best checkpoint so far, or None."""
+    try:
+        return json.loads((folder / BEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _fsync_dir(folder: Path) -> None:
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    for old in sorted(folder.glob(PATTERN))[:-keep_last]:
-        old.unlink()
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
-    return path
 
 
 def _sha256(path: Path) -> str:
@@ -49,11 +77,50 @@ def is_valid(path: Path) -> bool:
     return checksum.is_file() and checksum.read_text().strip() == _sha256(path)
 
 
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def load_latest(folder: Path) -> dict | None:
     """The newest valid checkpoint's state, or None when there is none."""
     for path in sorted(folder.glob(PATTERN), reverse=True):
         if is_valid(path):
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return _load(path)
         print(f"warning: skipping {path}: incomplete or corrupted (checksum mismatch)",
               file=sys.stderr)
     return None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file, or the newest valid one in a checkpoints folder or training run."""
+    path = Path(path)
+    if path.is_file():
+        if not is_valid(path):
+            raise CheckpointError(f"{path} is incomplete or corrupted (checksum mismatch or no "
+                                  f"{path.name}.sha256)")
+        return _load(path)
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    state = load_latest(folder) if folder.is_dir() else None
+    if state is None:
+        raise CheckpointError(f"no valid checkpoint in {path}")
+    return state
+
+
+def is_checkpoint_path(path: str | Path) -> bool:
+    """Whether `path` names a checkpoint file, a checkpoints folder or a training run."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / "checkpoints").is_dir() or any(path.glob(PATTERN))
+    return path.suffix == ".pt"
+
+
+def model_from_checkpoint(state: dict):
+    """(Gemma3 in eval mode, Tokenizer) from a checkpoint's state: checkpoints carry their
+    model config and tokenizer, so they load without the run's other files."""
+    from hslm.config import ModelConfig
+    from hslm.model import Gemma3
+    from hslm.tokenizer import Tokenizer
+
+    model = Gemma3(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), Tokenizer(state["tokenizer_model"])

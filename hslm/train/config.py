@@ -11,18 +11,23 @@ import yaml
 
 from hslm.config import ConfigError
 
+PRECISIONS = ("bf16", "fp16", "fp32")
+TASKS = ("pretrain", "sft")
+
 
 @dataclass
 class TrainConfig:
-    data: str = ""  # token shard folder (train and val splits)
+    task: str = "pretrain"  # pretrain on token shards, or sft on JSONL conversations
+    data: str = ""  # token shard folder (pretrain) or JSONL file/folder of conversations (sft)
     tokenizer: str = ""  # tokenizer folder; must match the shards' checksum
     out: str = "runs/train"  # checkpoints, metrics and the final model folder
-    model: str = "tiny"  # a preset name
+    model: str = "tiny"  # a preset name (ignored with init_from)
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str = ""  # start from these weights: a model folder, checkpoint or run folder
     steps: int = 300
     seq_len: int = 128
-    micro_batch: int = 8
-    grad_accum: int = 1
+    batch_tokens: int = 2048  # global batch in tokens; accumulation = this / (micro x seq x ranks)
+    micro_batch: int = 8  # sequences per forward pass on each rank
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup: int = 30
@@ -31,28 +36,49 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
-    precision: str = "bf16"  # bf16 autocast (master weights fp32) or fp32
-    device: str = "cpu"
+    precision: str = "bf16"  # autocast dtype (master weights stay fp32), or fp32
+    device: str = "auto"  # auto (cuda when present), cpu, cuda
+    compile: bool = False  # torch.compile the model for training
+    loss_chunk_tokens: int = 2048  # cross-entropy over this many positions at a time
     seed: int = 0
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 4
+    eval_samples: int = 2  # sampled generations logged with each evaluation
     checkpoint_every: int = 100
-    keep_last: int = 2
+    keep_last: int = 2  # plus the best checkpoint by validation loss
     max_nonfinite: int = 5  # consecutive skipped steps before giving up
+    peak_tflops: float = 0.0  # the device's peak for MFU; 0 = look up (GPU) or measure (CPU)
+    tensorboard: bool = False  # also write TensorBoard events under OUT/tensorboard
 
     def __post_init__(self) -> None:
-        for name in ("steps", "seq_len", "micro_batch", "grad_accum", "log_every", "eval_every",
-                     "eval_batches", "checkpoint_every", "keep_last", "max_nonfinite"):
+        for name in ("steps", "seq_len", "batch_tokens", "micro_batch", "log_every",
+                     "eval_every", "eval_batches", "checkpoint_every", "keep_last",
+                     "max_nonfinite", "loss_chunk_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0 <= self.warmup < self.steps:
             raise ConfigError(f"warmup ({self.warmup}) must be in [0, steps)")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        if self.eval_samples < 0 or self.peak_tflops < 0:
+            raise ConfigError("eval_samples and peak_tflops must be >= 0")
+
+    def grad_accum(self, world_size: int) -> int:
+        """Micro-steps per optimizer step so that the global batch is `batch_tokens`."""
+        per_micro_step = self.micro_batch * self.seq_len * world_size
+        if self.batch_tokens % per_micro_step:
+            raise ConfigError(f"batch_tokens {self.batch_tokens} is not a multiple of micro_batch "
+                              f"x seq_len x ranks = {self.micro_batch} x {self.seq_len} x "
+                              f"{world_size} = {per_micro_step}")
+        return self.batch_tokens // per_micro_step
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] = ()) -> "TrainConfig":
@@ -86,6 +112,8 @@ class TrainConfig:
                     values[key] = float(value)
                 except ValueError:
                     raise ConfigError(f"{key} must be a number, got {value!r}") from None
+            elif known[key].type == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"{key} must be true or false, got {value!r}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

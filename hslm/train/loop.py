@@ -1,28 +1,39 @@
-"""The pre-training loop: AdamW, warmup + cosine, bf16 autocast, resumable to the bit.
+"""The training loop: DDP across ranks, AMP, AdamW, warmup + cosine, resumable to the bit.
 
 Everything that decides what happens at step N is a function of (config, N) or is restored
-from the checkpoint (weights, optimizer, RNG), so a run stopped and resumed ends with the same
-weights as one that never stopped.
+from the checkpoint (weights, optimizer, grad scaler, RNG), so a run stopped and resumed ends
+with the same weights as one that never stopped. The data of step N is micro-batch
+`micro * ranks + rank` of step N, so one rank with two micro-steps and two ranks with one
+compute the same update.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
-from hslm.config import ModelConfig
-from hslm.data.shards import TokenShards
+from hslm.config import ConfigError, ModelConfig
+from hslm.data.shards import ShardError, TokenShards
 from hslm.model import Gemma3
+from hslm.tokenizer import Tokenizer
+from hslm.train import distributed
 from hslm.train.checkpoint import load_latest, save_checkpoint
 from hslm.train.config import TrainConfig
+from hslm.train.distributed import World, all_gather, all_reduce_sum
+from hslm.train.evaluate import evaluate, sample_generations, token_byte_lengths
+from hslm.train.loss import IGNORE, LanguageModelLoss
+from hslm.train.metrics import MetricsLog, flops_per_token, peak_tflops
+from hslm.train.sft import ConversationSet, SFTDataError
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingError(RuntimeError):
@@ -38,109 +49,230 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_optimizer(model: Gemma3, config: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: Gemma3, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]  # norms: no weight decay
     groups = [{"params": matrices, "weight_decay": config.weight_decay},
               {"params": others, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
-                             eps=config.eps)
+                             eps=config.eps, fused=device.type == "cuda")
 
 
-def autocast(config: TrainConfig):
-    if config.precision == "bf16":
-        return torch.autocast(device_type=torch.device(config.device).type, dtype=torch.bfloat16)
-    return nullcontext()
+def autocast(config: TrainConfig, device: torch.device):
+    if config.precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[config.precision])
 
 
-def loss_of(model: Gemma3, inputs: torch.Tensor, targets: torch.Tensor, config: TrainConfig):
-    with autocast(config):
-        logits = model(inputs)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+def open_data(config: TrainConfig, tokenizer: Tokenizer):
+    """(train, validation) data, both serving batch(step, index, batch_size, seq_len, seed)."""
+    try:
+        if config.task == "sft":
+            return (ConversationSet(config.data, tokenizer, "train"),
+                    ConversationSet(config.data, tokenizer, "val"))
+        train_data = TokenShards(config.data, "train")
+        if train_data.manifest["tokenizer_sha256"] != tokenizer.sha256:
+            raise TrainingError(f"the shards in {config.data} were made with another tokenizer "
+                                f"than {config.tokenizer}")
+        return train_data, TokenShards(config.data, "val")
+    except (ShardError, SFTDataError) as err:
+        raise TrainingError(str(err)) from None
 
 
-@torch.no_grad()
-def evaluate(model: Gemma3, shards: TokenShards, config: TrainConfig) -> float:
-    model.eval()
-    losses = [loss_of(model, *[t.to(config.device) for t in
-                               shards.batch(0, i, 0, config.micro_batch, config.seq_len,
-                                            config.seed + 1)], config).item()
-              for i in range(config.eval_batches)]
-    model.train()
-    return sum(losses) / len(losses)
+def initial_model(config: TrainConfig, tokenizer: Tokenizer, resumed: dict | None) -> Gemma3:
+    """The model to train: as checkpointed, from `init_from`'s weights, or freshly initialised."""
+    if resumed is not None:
+        model = Gemma3(ModelConfig.from_dict(resumed["model_config"]))
+        model.load_state_dict(resumed["model"])
+        return model
+    if config.init_from:
+        from hslm.runtime.torch import ModelLoadError, load_torch_model
+        try:
+            model, init_tokenizer = load_torch_model(config.init_from)
+        except ModelLoadError as err:
+            raise TrainingError(f"init_from: {err}") from None
+        if init_tokenizer.sha256 != tokenizer.sha256:
+            raise TrainingError(f"init_from {config.init_from} uses another tokenizer than "
+                                f"{config.tokenizer}")
+        return model.train()
+    try:
+        return Gemma3(ModelConfig.preset(config.model, vocab_size=tokenizer.vocab_size,
+                                         **config.model_overrides))
+    except (ConfigError, TypeError) as err:
+        raise TrainingError(f"model: {err}") from None
+
+
+class StopRequest:
+    """SIGTERM (cluster pre-emption) or Ctrl-C asks the loop to checkpoint after the current step
+    and return; a second Ctrl-C interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals only work there
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
 class TrainResult:
     model: Gemma3
     step: int
-    val_loss: float | None
+    tokens: int
     skipped_steps: int
+    evaluation: dict = field(default_factory=dict)  # the last validation metrics
+    stopped_by: str | None = None  # the signal's name when stopped early by one
 
 
-def train(config: TrainConfig, model_config: ModelConfig, progress=None,
+def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None, progress=None,
           stop_at_step: int | None = None) -> TrainResult:
-    """Train (resuming from the newest valid checkpoint in config.out). `stop_at_step` ends the
-    run early with a checkpoint, as a pre-emption would; running again continues it."""
+    """Train, resuming from the newest valid checkpoint in config.out. `stop_at_step` ends the
+    run early with a checkpoint, as a pre-emption would; running again continues it.
+    `progress(record)` is called on rank 0 with every logged record."""
+    world = world or distributed.setup(config.device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_shards = TokenShards(config.data, "train")
-    val_shards = TokenShards(config.data, "val")
+    train_data, val_data = open_data(config, tokenizer)
+    try:
+        grad_accum = config.grad_accum(world.world_size)
+    except ConfigError as err:
+        raise TrainingError(str(err)) from None
+
+    resumed = load_latest(out / "checkpoints")
+    if resumed is not None and resumed["tokenizer_sha256"] != tokenizer.sha256:
+        raise TrainingError(f"the checkpoints in {out} were trained with another tokenizer")
     torch.manual_seed(config.seed)
-    model = Gemma3(model_config).to(config.device)
-    optimizer = make_optimizer(model, config)
-    step, skipped = 0, 0
-    state = load_latest(out / "checkpoints")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, skipped = state["step"], state["skipped_steps"]
-        torch.set_rng_state(state["rng"])
-    log = open(out / "metrics.jsonl", "a", encoding="utf-8")
-    val_loss, nonfinite_in_a_row = None, 0
-    model.train()
+    model = initial_model(config, tokenizer, resumed).to(world.device)
+    if config.seq_len > model.config.context_length:
+        raise TrainingError(f"seq_len {config.seq_len} exceeds the model's context "
+                            f"{model.config.context_length}")
+    optimizer = make_optimizer(model, config, world.device)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=config.precision == "fp16")
+    step = tokens = skipped = 0
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scaler.load_state_dict(resumed["scaler"])
+        step, tokens, skipped = resumed["step"], resumed["tokens"], resumed["skipped_steps"]
+        if len(resumed["rng"]) == world.world_size:  # else: a different number of ranks
+            torch.set_rng_state(resumed["rng"][world.rank]["cpu"])
+            if world.device.type == "cuda":
+                torch.cuda.set_rng_state(resumed["rng"][world.rank]["cuda"], world.device)
+
+    train_module = LanguageModelLoss(model, config.loss_chunk_tokens)
+    if world.distributed:
+        train_module = DistributedDataParallel(
+            train_module, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    if config.compile:
+        train_module = torch.compile(train_module)
+    mixed = autocast(config, world.device)
+    byte_lengths = token_byte_lengths(tokenizer)
+    flops = flops_per_token(model.config, config.seq_len)
+    peak = peak_tflops(world.device, AUTOCAST_DTYPES.get(config.precision, torch.float32),
+                       config.peak_tflops)
+    log = MetricsLog(out, world.rank, config.tensorboard)
     last_step = min(config.steps, stop_at_step or config.steps)
-    while step < last_step:
-        started = time.perf_counter()
-        lr = learning_rate(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        total = 0.0
-        for micro in range(config.grad_accum):
-            inputs, targets = (t.to(config.device) for t in train_shards.batch(
-                step, micro, 0, config.micro_batch, config.seq_len, config.seed))
-            loss = loss_of(model, inputs, targets, config) / config.grad_accum
-            loss.backward()
-            total += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        if math.isfinite(total) and torch.isfinite(grad_norm):
-            optimizer.step()
-            nonfinite_in_a_row = 0
-        else:  # skip the update, never poison the weights
-            skipped += 1
-            nonfinite_in_a_row += 1
-            if nonfinite_in_a_row >= config.max_nonfinite:
-                raise TrainingError(f"{nonfinite_in_a_row} steps in a row had a non-finite loss "
-                                    f"or gradient (step {step}); lower lr or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if step % config.eval_every == 0 or step == config.steps:
-            val_loss = evaluate(model, val_shards, config)
-        if step % config.log_every == 0 or step == config.steps:
-            tokens_per_s = config.grad_accum * config.micro_batch * config.seq_len / (
-                time.perf_counter() - started)
-            record = {"step": step, "loss": total, "lr": lr, "grad_norm": float(grad_norm),
-                      "tokens_per_s": tokens_per_s, "val_loss": val_loss, "skipped": skipped}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            os.fsync(log.fileno())  # a killed run loses at most the current step
-            if progress is not None:
-                progress(record)
-        if step % config.checkpoint_every == 0 or step == last_step:
-            save_checkpoint(out / "checkpoints", step, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "skipped_steps": skipped, "rng": torch.get_rng_state(),
-                "config": config.to_dict(), "model_config": model_config.to_dict(),
-            }, config.keep_last)
+    evaluation: dict = {}
+    nonfinite_in_a_row = stop_votes = 0
+    model.train()
+    with StopRequest() as stop:
+        while step < last_step:
+            started = time.perf_counter()
+            lr = learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batches = [train_data.batch(step, micro * world.world_size + world.rank,
+                                        config.micro_batch, config.seq_len, config.seed)
+                       for micro in range(grad_accum)]
+            # Every rank's loss is divided by the global count of trained tokens (SFT masks
+            # differ between batches) and DDP averages over ranks: undo that average.
+            local_count = sum(int((targets != IGNORE).sum()) for _, targets in batches)
+            (global_count,) = all_reduce_sum(world, [local_count])
+            local_loss = 0.0
+            for micro, (inputs, targets) in enumerate(batches):
+                last = micro == grad_accum - 1
+                no_sync = train_module.no_sync if world.distributed and not last else nullcontext
+                with no_sync():
+                    with mixed:
+                        loss_sum = train_module(inputs.to(world.device), targets.to(world.device))
+                    scaler.scale(loss_sum * world.world_size / max(global_count, 1)).backward()
+                local_loss += loss_sum.item()
+            loss_total, stop_votes = all_reduce_sum(world, [local_loss, stop.signum is not None])
+            loss = loss_total / max(global_count, 1)
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                scaler.step(optimizer)
+                nonfinite_in_a_row = 0
+            else:  # skip the update (all ranks agree: loss and gradients are reduced)
+                skipped += 1
+                nonfinite_in_a_row += 1
+                if nonfinite_in_a_row >= config.max_nonfinite:
+                    raise TrainingError(
+                        f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
+                        f"(step {step}); lower lr, use bf16 or fp32, or check the data")
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += int(global_count)
+            step_seconds = time.perf_counter() - started
+
+            evaluated = step % config.eval_every == 0 or step == config.steps
+            if evaluated:
+                evaluation = evaluate(model, val_data, world, config.eval_batches,
+                                      config.micro_batch, config.seq_len, config.seed + 1,
+                                      config.loss_chunk_tokens, byte_lengths, mixed)
+                if world.is_main and config.eval_samples:
+                    evaluation["samples"] = sample_generations(model, tokenizer, config.task,
+                                                               config.eval_samples)
+            stopping = stop_votes > 0 or step == last_step
+            if step % config.log_every == 0 or evaluated or stopping:
+                tokens_per_s = config.batch_tokens / step_seconds
+                record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                          "tokens": tokens, "tokens_per_s": tokens_per_s,
+                          "mfu": flops * tokens_per_s / (peak * 1e12 * world.world_size)
+                          if peak else None,
+                          "skipped": skipped, **(evaluation if evaluated else {})}
+                if scaler.is_enabled():
+                    record["loss_scale"] = scaler.get_scale()
+                log.write(record, {"rank": world.rank, "local_loss": local_loss / max(local_count, 1),
+                                   "step_seconds": step_seconds})
+                if progress is not None and world.is_main:
+                    progress(record)
+            if step % config.checkpoint_every == 0 or stopping:
+                rng = all_gather(world, {"cpu": torch.get_rng_state(),
+                                         "cuda": torch.cuda.get_rng_state(world.device)
+                                         if world.device.type == "cuda" else None})
+                if world.is_main:
+                    val_loss = evaluation.get("val_loss") if evaluated else None
+                    save_checkpoint(out / "checkpoints", step, {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(), "step": step, "tokens": tokens,
+                        "skipped_steps": skipped, "rng": rng,
+                        # The batches of step N are a function of (seed, N): the step is the
+                        # data position.
+                        "data": {"seed": config.seed, "next_step": step, "source": config.data},
+                        "config": config.to_dict(), "model_config": model.config.to_dict(),
+                        "tokenizer_sha256": tokenizer.sha256,
+                        "tokenizer_model": tokenizer.model_bytes,
+                    }, config.keep_last, val_loss)
+                distributed.barrier(world)
+            if stop_votes > 0:
+                break
     log.close()
-    return TrainResult(model.eval(), step, val_loss, skipped)
+    stopped_by = signal.Signals(stop.signum).name if stop.signum is not None else None
+    if stopped_by is None and stop_votes > 0:
+        stopped_by = "SIGTERM"  # another rank was signalled
+    return TrainResult(model.eval(), step, tokens, skipped, evaluation, stopped_by)

@@ -1,0 +1,85 @@
+"""Processes and devices: one process, or one per device under `torchrun` (NCCL on GPUs, gloo on
+CPUs). Everything else in training talks to the other ranks through this module."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from hslm.config import ConfigError
+
+# Long enough for a slow checkpoint write on rank 0 while the others wait at a collective.
+TIMEOUT = timedelta(minutes=20)
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """`auto` means CUDA when present, otherwise CPU; each rank takes its own local GPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but PyTorch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
+
+
+def setup(device: str) -> World:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo",
+                                timeout=TIMEOUT, device_id=resolved if resolved.type == "cuda" else None)
+    return World(rank, world_size, local_rank, resolved)
+
+
+def teardown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(world: World, values: list[float]) -> list[float]:
+    """Element-wise sum over ranks (identity in one process)."""
+    if not world.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=world.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def all_gather(world: World, value) -> list:
+    """Every rank's `value` (any picklable object), in rank order."""
+    if not world.distributed:
+        return [value]
+    gathered = [None] * world.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()

@@ -1,0 +1,153 @@
+"""Training as separate processes: two-rank DDP (gloo) against one rank, SIGKILL at a random
+step and auto-resume, SIGTERM pre-emption, and a kill in the middle of a checkpoint write."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from hslm.data.shards import write_shards_from_texts
+from hslm.train.checkpoint import load_checkpoint, load_latest
+
+# One thread per process: runs compared bit for bit must reduce in the same order.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TRAIN = [sys.executable, "-m", "hslm.apps.train", "--samples", "0"]
+
+
+@pytest.fixture(scope="module")
+def shard_dir(trained_tokenizer, hindi_data_dir, tmp_path_factory):
+    lines = (hindi_data_dir / "news_headlines_bbc_hindi.txt").read_text("utf-8").splitlines()[:1500]
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards_from_texts(lines, trained_tokenizer, folder, val_fraction=0.1)
+    return folder
+
+
+def run_args(shard_dir, tokenizer_dir, out, **overrides) -> list[str]:
+    values = {"data": shard_dir, "tokenizer": tokenizer_dir, "out": out, "steps": 6,
+              "seq_len": 32, "micro_batch": 4, "batch_tokens": 256, "warmup": 2,
+              "eval_every": 3, "eval_batches": 2, "eval_samples": 0, "checkpoint_every": 3,
+              "log_every": 1, "precision": "fp32", "device": "cpu", "peak_tflops": 1.0,
+              **overrides}
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def final_weights(out) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out)["model"]
+
+
+def losses_by_step(out) -> dict[int, float]:
+    """The loss of each step; a step replayed after a crash keeps its last record."""
+    return {record["step"]: record["loss"]
+            for record in map(json.loads, open(out / "metrics.jsonl", encoding="utf-8"))}
+
+
+def test_two_rank_ddp_equals_one_rank(shard_dir, trained_tokenizer_dir, tmp_path):
+    # bf16 autocast on CPU, as GPUs would run; the global batch (256 tokens) is 2 micro-steps
+    # on one rank and 1 micro-step on each of two ranks, over the same sequences.
+    common = dict(precision="bf16", steps=4, eval_every=2, checkpoint_every=4)
+    run(TRAIN + run_args(shard_dir, trained_tokenizer_dir, tmp_path / "one", **common))
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "hslm.apps.train", "--samples", "0"]
+        + run_args(shard_dir, trained_tokenizer_dir, tmp_path / "two", **common))
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    # Stated tolerance: 1e-6. Per-micro-batch work is identical; only the order of the
+    # gradient sum differs (in practice the results are bit-identical).
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, atol=1e-6, rtol=0)
+    for step, loss in losses_by_step(tmp_path / "one").items():
+        assert losses_by_step(tmp_path / "two")[step] == pytest.approx(loss, abs=1e-6)
+    ranks = [json.loads(open(tmp_path / "two" / "logs" / f"rank_{r}.jsonl").readlines()[-1])
+             for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["local_loss"] != ranks[1]["local_loss"]
+
+
+def test_sigkill_at_random_step_then_resume_is_bit_identical(shard_dir, trained_tokenizer_dir,
+                                                             tmp_path):
+    steps = 40
+    common = dict(steps=steps, checkpoint_every=1, eval_every=10, keep_last=2)
+    run(TRAIN + run_args(shard_dir, trained_tokenizer_dir, tmp_path / "straight", **common))
+
+    kill_after = random.Random().randint(3, 25)
+    out = tmp_path / "killed"
+    process = subprocess.Popen(TRAIN + run_args(shard_dir, trained_tokenizer_dir, out, **common),
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while process.poll() is None and time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, f"the run ended before the kill at step {kill_after}"
+    killed_at = load_latest(out / "checkpoints")["step"]
+    assert killed_at < steps
+
+    run(TRAIN + run_args(shard_dir, trained_tokenizer_dir, out, **common))  # auto-resume
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(out)
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), f"{name} differs (killed after step {killed_at})"
+    assert losses_by_step(out) == losses_by_step(tmp_path / "straight")
+
+
+def test_sigterm_checkpoints_and_exits(shard_dir, trained_tokenizer_dir, tmp_path):
+    out = tmp_path / "run"
+    args = TRAIN + run_args(shard_dir, trained_tokenizer_dir, out, steps=5000, warmup=10,
+                            checkpoint_every=1000, eval_every=1000)
+    process = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3, stderr
+    assert "stopped by SIGTERM" in stdout and "Traceback" not in stderr
+    state = load_latest(out / "checkpoints")
+    last_logged = max(losses_by_step(out))
+    assert 3 <= state["step"] == last_logged < 1000
+
+
+KILL_WHILE_SAVING = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from hslm.train.checkpoint import save_checkpoint
+
+folder = Path(sys.argv[1])
+save_checkpoint(folder, 1, {"step": 1, "weights": torch.ones(1000)}, keep_last=2)
+
+def dying_save(state, file):
+    file.write(b"half a checkpoint")
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = dying_save
+save_checkpoint(folder, 2, {"step": 2, "weights": torch.zeros(1000)}, keep_last=2)
+"""
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
+    done = run([sys.executable, "-c", KILL_WHILE_SAVING, str(tmp_path)], check=False)
+    assert done.returncode == -signal.SIGKILL
+    assert (tmp_path / "step_000002.pt.tmp").exists()  # the interrupted write
+    assert not (tmp_path / "step_000002.pt").exists()
+    state = load_latest(tmp_path)
+    assert state["step"] == 1 and torch.equal(state["weights"], torch.ones(1000))
