@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from tqdm import tqdm
-
 from hslm.apps.common import UsageError, fail
+from tqdm import tqdm
 
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: run the same command to resume
 
@@ -40,8 +39,9 @@ Several processes (DDP; NCCL on GPUs, gloo on CPUs):
 
 
 def run(args) -> int:
-    from hslm.config import ConfigError
     from hslm.export.hf import save_hf
+
+    from hslm.config import ConfigError
     from hslm.tokenizer import Tokenizer, TokenizerError
     from hslm.train import distributed
     from hslm.train.config import TrainConfig

@@ -10,11 +10,21 @@ import pytest
 import torch
 
 from hslm.config import ConfigError, ModelConfig
-from hslm.data.shards import ShardError, ShardWriter, TokenShards, write_shards_from_texts
+from hslm.data.shards import (
+    ShardError,
+    ShardWriter,
+    TokenShards,
+    write_shards_from_texts,
+)
 from hslm.model import Gemma3
 from hslm.train import loop
 from hslm.train import loss as loss_module
-from hslm.train.checkpoint import CheckpointError, best_checkpoint, load_checkpoint, load_latest
+from hslm.train.checkpoint import (
+    CheckpointError,
+    best_checkpoint,
+    load_checkpoint,
+    load_latest,
+)
 from hslm.train.config import TrainConfig
 from hslm.train.distributed import World
 from hslm.train.evaluate import evaluate, token_byte_lengths
@@ -76,7 +86,7 @@ def test_damaged_shards_are_refused(shard_dir, tmp_path):
 
     broken = tmp_path / "broken"
     shutil.copytree(shard_dir, broken)
-    first = sorted(broken.glob("train_*.bin"))[0]
+    first = min(broken.glob("train_*.bin"))
     first.write_bytes(first.read_bytes()[:-2])
     with pytest.raises(ShardError, match="wrong size"):
         TokenShards(broken)

@@ -40,7 +40,7 @@ def run_args(shard_dir, tokenizer_dir, out, **overrides) -> list[str]:
 
 
 def run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300, check=False)
     if check and done.returncode != 0:
         raise AssertionError(f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
@@ -59,7 +59,7 @@ def losses_by_step(out) -> dict[int, float]:
 def test_two_rank_ddp_equals_one_rank(shard_dir, trained_tokenizer_dir, tmp_path):
     # bf16 autocast on CPU, as GPUs would run; the global batch (256 tokens) is 2 micro-steps
     # on one rank and 1 micro-step on each of two ranks, over the same sequences.
-    common = dict(precision="bf16", steps=4, eval_every=2, checkpoint_every=4)
+    common = {"precision": "bf16", "steps": 4, "eval_every": 2, "checkpoint_every": 4}
     run(TRAIN + run_args(shard_dir, trained_tokenizer_dir, tmp_path / "one", **common))
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "hslm.apps.train", "--samples", "0"]
@@ -71,7 +71,7 @@ def test_two_rank_ddp_equals_one_rank(shard_dir, trained_tokenizer_dir, tmp_path
         torch.testing.assert_close(two[name], tensor, atol=1e-6, rtol=0)
     for step, loss in losses_by_step(tmp_path / "one").items():
         assert losses_by_step(tmp_path / "two")[step] == pytest.approx(loss, abs=1e-6)
-    ranks = [json.loads(open(tmp_path / "two" / "logs" / f"rank_{r}.jsonl").readlines()[-1])
+    ranks = [json.loads((tmp_path / "two" / "logs" / f"rank_{r}.jsonl").read_text().splitlines()[-1])
              for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["local_loss"] != ranks[1]["local_loss"]
 
@@ -79,7 +79,7 @@ def test_two_rank_ddp_equals_one_rank(shard_dir, trained_tokenizer_dir, tmp_path
 def test_sigkill_at_random_step_then_resume_is_bit_identical(shard_dir, trained_tokenizer_dir,
                                                              tmp_path):
     steps = 40
-    common = dict(steps=steps, checkpoint_every=1, eval_every=10, keep_last=2)
+    common = {"steps": steps, "checkpoint_every": 1, "eval_every": 10, "keep_last": 2}
     run(TRAIN + run_args(shard_dir, trained_tokenizer_dir, tmp_path / "straight", **common))
 
     kill_after = random.Random().randint(3, 25)

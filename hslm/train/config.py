@@ -81,7 +81,7 @@ class TrainConfig:
         return self.batch_tokens // per_micro_step
 
     @classmethod
-    def load(cls, path: str | Path | None, overrides: list[str] = ()) -> "TrainConfig":
+    def load(cls, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
         values: dict[str, Any] = {}
         if path is not None:
             path = Path(path)

@@ -128,6 +128,65 @@ class StopRequest:
 
 
 @dataclass
+class StepOutcome:
+    loss: float  # mean over the global batch's trained tokens
+    grad_norm: float
+    applied: bool  # False when skipped for a non-finite loss or gradient
+    trained_tokens: int  # over all ranks
+    local_loss: float  # this rank's mean
+    stop_votes: int  # ranks that received a stop signal
+
+
+class TrainStep:
+    """One optimizer step over a step's micro-batches: forward + backward under autocast with
+    gradient sync on the last micro-step only, unscale, clip, and AdamW unless the loss or
+    gradient norm is non-finite."""
+
+    def __init__(self, model: Gemma3, config: TrainConfig, world: World):
+        self.model, self.config, self.world = model, config, world
+        self.optimizer = make_optimizer(model, config, world.device)
+        self.scaler = torch.amp.GradScaler(world.device.type, enabled=config.precision == "fp16")
+        module = LanguageModelLoss(model, config.loss_chunk_tokens)
+        if world.distributed:
+            module = DistributedDataParallel(
+                module, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+        self.module = torch.compile(module) if config.compile else module
+        self.autocast = autocast(config, world.device)
+
+    def __call__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float,
+                 stop_requested: bool = False) -> StepOutcome:
+        world = self.world
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # Every rank's loss is divided by the global count of trained tokens (SFT masks
+        # differ between batches) and DDP averages over ranks: undo that average.
+        local_count = sum(int((targets != IGNORE).sum()) for _, targets in batches)
+        (global_count,) = all_reduce_sum(world, [local_count])
+        local_loss = 0.0
+        for micro, (inputs, targets) in enumerate(batches):
+            last = micro == len(batches) - 1
+            no_sync = self.module.no_sync if world.distributed and not last else nullcontext
+            with no_sync():
+                with self.autocast:
+                    loss_sum = self.module(inputs.to(world.device), targets.to(world.device))
+                self.scaler.scale(loss_sum * world.world_size / max(global_count, 1)).backward()
+            local_loss += loss_sum.item()
+        loss_total, stop_votes = all_reduce_sum(world, [local_loss, stop_requested])
+        loss = loss_total / max(global_count, 1)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                         self.config.grad_clip))
+        # All ranks agree: loss and gradients are reduced over ranks.
+        applied = math.isfinite(loss) and math.isfinite(grad_norm)
+        if applied:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepOutcome(loss, grad_norm, applied, int(global_count),
+                           local_loss / max(local_count, 1), int(stop_votes))
+
+
+@dataclass
 class TrainResult:
     model: Gemma3
     step: int
@@ -159,8 +218,8 @@ def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None,
     if config.seq_len > model.config.context_length:
         raise TrainingError(f"seq_len {config.seq_len} exceeds the model's context "
                             f"{model.config.context_length}")
-    optimizer = make_optimizer(model, config, world.device)
-    scaler = torch.amp.GradScaler(world.device.type, enabled=config.precision == "fp16")
+    step_once = TrainStep(model, config, world)
+    optimizer, scaler = step_once.optimizer, step_once.scaler
     step = tokens = skipped = 0
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
@@ -171,13 +230,6 @@ def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None,
             if world.device.type == "cuda":
                 torch.cuda.set_rng_state(resumed["rng"][world.rank]["cuda"], world.device)
 
-    train_module = LanguageModelLoss(model, config.loss_chunk_tokens)
-    if world.distributed:
-        train_module = DistributedDataParallel(
-            train_module, device_ids=[world.device.index] if world.device.type == "cuda" else None)
-    if config.compile:
-        train_module = torch.compile(train_module)
-    mixed = autocast(config, world.device)
     byte_lengths = token_byte_lengths(tokenizer)
     flops = flops_per_token(model.config, config.seq_len)
     peak = peak_tflops(world.device, AUTOCAST_DTYPES.get(config.precision, torch.float32),
@@ -185,69 +237,51 @@ def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None,
     log = MetricsLog(out, world.rank, config.tensorboard)
     last_step = min(config.steps, stop_at_step or config.steps)
     evaluation: dict = {}
-    nonfinite_in_a_row = stop_votes = 0
+    nonfinite_in_a_row = 0
+    outcome = None
     model.train()
     with StopRequest() as stop:
         while step < last_step:
             started = time.perf_counter()
             lr = learning_rate(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             batches = [train_data.batch(step, micro * world.world_size + world.rank,
                                         config.micro_batch, config.seq_len, config.seed)
                        for micro in range(grad_accum)]
-            # Every rank's loss is divided by the global count of trained tokens (SFT masks
-            # differ between batches) and DDP averages over ranks: undo that average.
-            local_count = sum(int((targets != IGNORE).sum()) for _, targets in batches)
-            (global_count,) = all_reduce_sum(world, [local_count])
-            local_loss = 0.0
-            for micro, (inputs, targets) in enumerate(batches):
-                last = micro == grad_accum - 1
-                no_sync = train_module.no_sync if world.distributed and not last else nullcontext
-                with no_sync():
-                    with mixed:
-                        loss_sum = train_module(inputs.to(world.device), targets.to(world.device))
-                    scaler.scale(loss_sum * world.world_size / max(global_count, 1)).backward()
-                local_loss += loss_sum.item()
-            loss_total, stop_votes = all_reduce_sum(world, [local_loss, stop.signum is not None])
-            loss = loss_total / max(global_count, 1)
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-            if math.isfinite(loss) and math.isfinite(grad_norm):
-                scaler.step(optimizer)
+            outcome = step_once(batches, lr, stop.signum is not None)
+            if outcome.applied:
                 nonfinite_in_a_row = 0
-            else:  # skip the update (all ranks agree: loss and gradients are reduced)
+            else:
                 skipped += 1
                 nonfinite_in_a_row += 1
                 if nonfinite_in_a_row >= config.max_nonfinite:
                     raise TrainingError(
                         f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
                         f"(step {step}); lower lr, use bf16 or fp32, or check the data")
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens += int(global_count)
+            tokens += outcome.trained_tokens
             step_seconds = time.perf_counter() - started
 
             evaluated = step % config.eval_every == 0 or step == config.steps
             if evaluated:
                 evaluation = evaluate(model, val_data, world, config.eval_batches,
                                       config.micro_batch, config.seq_len, config.seed + 1,
-                                      config.loss_chunk_tokens, byte_lengths, mixed)
+                                      config.loss_chunk_tokens, byte_lengths,
+                                      step_once.autocast)
                 if world.is_main and config.eval_samples:
                     evaluation["samples"] = sample_generations(model, tokenizer, config.task,
                                                                config.eval_samples)
-            stopping = stop_votes > 0 or step == last_step
+            stopping = outcome.stop_votes > 0 or step == last_step
             if step % config.log_every == 0 or evaluated or stopping:
                 tokens_per_s = config.batch_tokens / step_seconds
-                record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                record = {"step": step, "loss": outcome.loss, "lr": lr,
+                          "grad_norm": outcome.grad_norm,
                           "tokens": tokens, "tokens_per_s": tokens_per_s,
                           "mfu": flops * tokens_per_s / (peak * 1e12 * world.world_size)
                           if peak else None,
                           "skipped": skipped, **(evaluation if evaluated else {})}
                 if scaler.is_enabled():
                     record["loss_scale"] = scaler.get_scale()
-                log.write(record, {"rank": world.rank, "local_loss": local_loss / max(local_count, 1),
+                log.write(record, {"rank": world.rank, "local_loss": outcome.local_loss,
                                    "step_seconds": step_seconds})
                 if progress is not None and world.is_main:
                     progress(record)
@@ -269,10 +303,10 @@ def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None,
                         "tokenizer_model": tokenizer.model_bytes,
                     }, config.keep_last, val_loss)
                 distributed.barrier(world)
-            if stop_votes > 0:
+            if outcome.stop_votes > 0:
                 break
     log.close()
     stopped_by = signal.Signals(stop.signum).name if stop.signum is not None else None
-    if stopped_by is None and stop_votes > 0:
+    if stopped_by is None and outcome is not None and outcome.stop_votes > 0:
         stopped_by = "SIGTERM"  # another rank was signalled
     return TrainResult(model.eval(), step, tokens, skipped, evaluation, stopped_by)
