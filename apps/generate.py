@@ -6,8 +6,8 @@ import argparse
 import sys
 
 import torch
-from hslm.apps.common import DTYPES, UsageError, fail, load_model_folder
 
+from hslm.apps.common import DTYPES, UsageError, fail, load_model_folder
 from hslm.generate import Generation, SamplingParams, stream
 
 

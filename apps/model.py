@@ -6,9 +6,9 @@ import argparse
 import json
 
 import torch
-from hslm.apps.common import UsageError, fail, load_model_folder
 
-from hslm.config import PRESETS, ConfigError, ModelConfig
+from hslm.apps.common import UsageError, fail, load_model_folder
+from hslm.config import ConfigError, ModelConfig, PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def init_model(args) -> None:
     from hslm.export.hf import save_hf
-
     from hslm.model import Gemma3
     from hslm.tokenizer import Tokenizer, TokenizerError
 

@@ -9,20 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from hslm.apps.common import UsageError, fail
 from tqdm import tqdm
 
-from hslm.tokenizer import (
-    HF_CONFIG_FILE,
-    HF_TOKENIZER_FILE,
-    MODEL_FILE,
-    Tokenizer,
-    TokenizerError,
-    fertility,
-    merge_fertility,
-    read_lines,
-    train_tokenizer,
-)
+from hslm.apps.common import UsageError, fail
+from hslm.tokenizer import (HF_CONFIG_FILE, HF_TOKENIZER_FILE, MODEL_FILE, Tokenizer,
+                            TokenizerError, fertility, merge_fertility, read_lines,
+                            train_tokenizer)
 
 INPUTS_HELP = "text files (UTF-8, one line per sentence or paragraph), folders (their *.txt " \
               "files, not recursive) or quoted glob patterns"

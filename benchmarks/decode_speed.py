@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-from hslm.export.hf import load_hf, save_hf
 
 from hslm.config import ModelConfig
+from hslm.export.hf import load_hf, save_hf
 from hslm.generate import SamplingParams, generate_ids
 from hslm.model import Gemma3
 
@@ -106,9 +106,9 @@ def main() -> None:
     lines = [
         "# CPU decode speed: hslm vs transformers (hindi-270m, batch 1)",
         "",
-        (f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, greedy, {args.threads} "
+        f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, greedy, {args.threads} "
         f"threads, {args.repeats} runs after a warm-up; tokens/s = new tokens / whole call. "
-        f"torch {torch.__version__}, transformers {transformers.__version__}."),
+        f"torch {torch.__version__}, transformers {transformers.__version__}.",
         "",
         "| dtype | hslm tok/s | transformers tok/s | speed-up |",
         "|---|---|---|---|",

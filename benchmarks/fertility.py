@@ -73,12 +73,12 @@ def markdown(report: dict) -> str:
     lines = [
         "# Tokenizer fertility (tokens per word, held-out text)",
         "",
-        (f"SentencePiece BPE trained by `hslm.tokenizer.train_tokenizer` on the first "
+        f"SentencePiece BPE trained by `hslm.tokenizer.train_tokenizer` on the first "
         f"{1 - report['held_out_fraction']:.0%} of the lines of every file in "
         f"`{report['data_dir']}` ({report['train_bytes'] / 1e6:.1f} MB); measured on the last "
         f"{report['held_out_fraction']:.0%}. Words are whitespace-separated, after hslm's "
         f"normalisation. Lower is better. Made by `python benchmarks/fertility.py` "
-        f"({report['machine']})."),
+        f"({report['machine']}).",
         "",
         header, rule,
     ]
@@ -98,10 +98,10 @@ def markdown(report: dict) -> str:
               f"word: {largest:.3f} {verdict}. Published for Hindi: " +
               ", ".join(f"{name} {value:.2f}" for name, value in PUBLISHED.items()) + ".",
               "",
-              ("The held-out lines come from the same sources as the training text (same topics, "
+              "The held-out lines come from the same sources as the training text (same topics, "
               "authors and boilerplate), so these numbers flatter a tokenizer trained on "
               f"{report['train_bytes'] / 1e6:.0f} MB compared with the published ones, which "
-              "were measured on other Hindi text."), ""]
+              "were measured on other Hindi text.", ""]
     return "\n".join(lines)
 
 

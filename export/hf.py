@@ -205,7 +205,7 @@ def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32) -> Gemma3:
     for path in _weight_files(folder):
         try:
             with safe_open(path, framework="pt") as weights:
-                for key in weights:
+                for key in weights.keys():
                     name = wanted.get(_strip_prefix(key))
                     if name is not None:
                         state[name] = weights.get_tensor(key).to(dtype)

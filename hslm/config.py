@@ -98,7 +98,7 @@ class ModelConfig:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
         values = dict(PRESETS[name])
@@ -108,7 +108,7 @@ class ModelConfig:
         return cls.from_dict(values)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
         values = dict(values)
         preset = values.pop("preset", None)
         if preset is not None:
@@ -125,7 +125,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def load(cls, path: str | Path) -> ModelConfig:
+    def load(cls, path: str | Path) -> "ModelConfig":
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")

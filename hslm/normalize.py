@@ -45,7 +45,7 @@ _DEVANAGARI = "\u0900-\u097f\ua8e0-\ua8ff"
 
 
 def _single_character_fixes() -> dict[str, str]:
-    controls = [c for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\t\n"]
+    controls = [c for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if chr(c) not in "\t\n"]
     invisible = [0x00AD, 0x061C, 0x180E, 0x200B, 0x200E, 0x200F, *range(0x202A, 0x202F),
                  *range(0x2060, 0x2065), *range(0x2066, 0x206A), 0xFEFF]
     fixes = {chr(code): "" for code in controls + invisible}

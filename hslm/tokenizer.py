@@ -41,24 +41,10 @@ from tqdm import tqdm
 from hslm.normalize import normalize
 
 __all__ = [
-    "BOS",
-    "CHAT_TEMPLATE",
-    "END_OF_TURN",
-    "EOS",
-    "HF_CONFIG_FILE",
-    "HF_TOKENIZER_FILE",
-    "MODEL_FILE",
-    "PAD",
-    "SPECIAL_TOKENS",
-    "START_OF_TURN",
-    "UNK",
-    "WHITESPACE_TOKENS",
-    "Tokenizer",
-    "TokenizerError",
-    "fertility",
-    "merge_fertility",
-    "read_lines",
-    "train_tokenizer",
+    "PAD", "EOS", "BOS", "UNK", "START_OF_TURN", "END_OF_TURN", "SPECIAL_TOKENS",
+    "MODEL_FILE", "HF_TOKENIZER_FILE", "HF_CONFIG_FILE", "CHAT_TEMPLATE",
+    "WHITESPACE_TOKENS", "TokenizerError", "Tokenizer", "train_tokenizer", "read_lines",
+    "fertility", "merge_fertility",
 ]
 
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hslm.export.hf import save_hf
-from model_factory import perturb_norms
 
 from hslm.config import ModelConfig
-from hslm.generate import (
-    Generation,
-    SamplingParams,
-    TextStream,
-    generate,
-    generate_ids,
-    process_logits,
-    stream,
-)
+from hslm.export.hf import save_hf
+from hslm.generate import (Generation, SamplingParams, TextStream, generate, generate_ids,
+                           process_logits, stream)
 from hslm.model import Gemma3
+from model_factory import perturb_norms
 
 
 def make_model(vocab_size: int, seed: int = 0) -> Gemma3:
@@ -39,13 +32,8 @@ def make_model(vocab_size: int, seed: int = 0) -> Gemma3:
 ])
 def test_process_logits_matches_transformers(params):
     from transformers.generation.logits_process import (
-        LogitsProcessorList,
-        MinPLogitsWarper,
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+        LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
     torch.manual_seed(1)
     logits = torch.randn(1000) * 4
@@ -159,7 +147,7 @@ def test_text_stream_never_splits_a_character():
 def test_text_stream_cuts_stop_string_and_holds_partial_matches():
     text_stream = TextStream(ByteTokenizer(), stop_strings=["।।"])
     out = ""
-    for token in [b + 6 for b in "राम आए। फिर।।गए".encode()]:
+    for token in [b + 6 for b in "राम आए। फिर।।गए".encode("utf-8")]:
         out += text_stream.push(token)
         if text_stream.stopped:
             break

@@ -6,11 +6,11 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from hslm.export.gguf import GGUFExportError, gguf_name, write_gguf
-from model_factory import perturb_norms
 
 from hslm.config import GLOBAL, SLIDING, ModelConfig
+from hslm.export.gguf import GGUFExportError, gguf_name, write_gguf
 from hslm.model import Gemma3
+from model_factory import perturb_norms
 
 
 def make_model(vocab_size: int, **overrides) -> Gemma3:

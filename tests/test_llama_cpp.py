@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hslm.export.gguf import write_gguf
-from hslm.quant.llama_cpp import QuantizeError, quantize_gguf
-from model_factory import perturb_norms
 
 from hslm.config import GLOBAL, SLIDING, ModelConfig
+from hslm.export.gguf import write_gguf
 from hslm.generate import Generation, SamplingParams, generate_ids, stream
 from hslm.model import Gemma3
+from hslm.quant.llama_cpp import QuantizeError, quantize_gguf
 from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
+from model_factory import perturb_norms
 
 LAYOUT = [GLOBAL, SLIDING, GLOBAL, SLIDING, SLIDING]  # not Gemma's "every 6th is global"
 

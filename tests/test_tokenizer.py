@@ -10,19 +10,9 @@ import json
 import pytest
 
 from hslm.normalize import normalize
-from hslm.tokenizer import (
-    CHAT_TEMPLATE,
-    HF_CONFIG_FILE,
-    HF_TOKENIZER_FILE,
-    MODEL_FILE,
-    SPECIAL_TOKENS,
-    Tokenizer,
-    TokenizerError,
-    fertility,
-    merge_fertility,
-    read_lines,
-    train_tokenizer,
-)
+from hslm.tokenizer import (CHAT_TEMPLATE, HF_CONFIG_FILE, HF_TOKENIZER_FILE, MODEL_FILE,
+                            SPECIAL_TOKENS, Tokenizer, TokenizerError, fertility,
+                            merge_fertility, read_lines, train_tokenizer)
 
 EDGE_CASES = [
     "",
@@ -325,8 +315,8 @@ def test_train_rejects_bad_input(tmp_path, small_corpus, bad_inputs):
         ([bad_inputs / "blank.txt"], 1_000, "blank.txt has no text"),
         ([bad_inputs / "no_text_here"], 1_000, "no_text_here is not a file"),
         ([small_corpus], 100, "vocab_size 100 is too small"),
-        ([small_corpus], 50_000, ("vocab_size 50,000 is too large for this text: it supports at "
-                                 r"most [\d,]+ tokens")),
+        ([small_corpus], 50_000, "vocab_size 50,000 is too large for this text: it supports at "
+                                 r"most [\d,]+ tokens"),
     ]
     for files, vocab_size, message in cases:
         with pytest.raises(TokenizerError, match=message):
