@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from hslm.apps.common import UsageError, fail
 from tqdm import tqdm
+
+from hslm.apps.common import UsageError, fail
 
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: run the same command to resume
 
@@ -39,9 +40,8 @@ Several processes (DDP; NCCL on GPUs, gloo on CPUs):
 
 
 def run(args) -> int:
-    from hslm.export.hf import save_hf
-
     from hslm.config import ConfigError
+    from hslm.export.hf import save_hf
     from hslm.tokenizer import Tokenizer, TokenizerError
     from hslm.train import distributed
     from hslm.train.config import TrainConfig

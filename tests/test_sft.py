@@ -88,8 +88,8 @@ def test_fine_tune_from_a_pretrained_run(sft_file, trained_tokenizer, trained_to
     lines = (hindi_data_dir / "stories_bhaav_sentences.txt").read_text("utf-8").splitlines()[:400]
     write_shards_from_texts(lines, trained_tokenizer, tmp_path / "shards", val_fraction=0.1)
     common = {"tokenizer": str(trained_tokenizer_dir), "seq_len": 64, "micro_batch": 4,
-                  "batch_tokens": 256, "warmup": 1, "eval_batches": 1, "eval_samples": 1, "precision": "fp32",
-                  "device": "cpu", "peak_tflops": 1.0}
+              "batch_tokens": 256, "warmup": 1, "eval_batches": 1, "eval_samples": 1,
+              "precision": "fp32", "device": "cpu", "peak_tflops": 1.0}
     pretrained = train(TrainConfig(data=str(tmp_path / "shards"), out=str(tmp_path / "pre"),
                                    steps=3, eval_every=3, checkpoint_every=3, **common),
                        trained_tokenizer)

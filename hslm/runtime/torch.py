@@ -22,12 +22,8 @@ class ModelLoadError(ValueError):
 def load_torch_model(path: str | Path, dtype: torch.dtype = torch.float32
                      ) -> tuple[Gemma3, Tokenizer]:
     from hslm.export.hf import CONFIG_FILE, HFFormatError, load_hf
-    from hslm.train.checkpoint import (
-        CheckpointError,
-        is_checkpoint_path,
-        load_checkpoint,
-        model_from_checkpoint,
-    )
+    from hslm.train.checkpoint import (CheckpointError, is_checkpoint_path, load_checkpoint,
+                                       model_from_checkpoint)
 
     path = Path(path)
     if not path.exists():
