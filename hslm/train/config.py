@@ -39,7 +39,7 @@ class TrainConfig:
     precision: str = "bf16"  # autocast dtype (master weights stay fp32), or fp32
     device: str = "auto"  # auto (cuda when present), cpu, cuda
     compile: bool = False  # torch.compile the model for training
-    loss_chunk_tokens: int = 2048  # cross-entropy over this many positions at a time
+    loss_chunk_tokens: int = 1024  # cross-entropy over this many positions at a time
     seed: int = 0
     log_every: int = 10
     eval_every: int = 100

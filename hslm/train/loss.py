@@ -1,8 +1,11 @@
-"""The training objective: next-token cross-entropy, computed a chunk of positions at a time.
+"""The training objective: next-token cross-entropy fused with the output layer.
 
 Full logits for a micro-batch are [tokens, vocab] in fp32: 8 x 1024 tokens x 50k vocab is
-1.6 GB, and their gradient as much again. Chunks are recomputed in the backward pass
-(activation checkpointing), so only one chunk of logits lives at a time.
+1.6 GB, and their gradient as much again. `LinearCrossEntropy` goes through the rows a chunk
+at a time and, since the loss is the last operation, computes the gradients of hidden states
+and output weight right away (as Liger-Kernel does): softmax minus one-hot, times the chunk's
+inputs. Only one chunk of logits ever exists, nothing is recomputed, and PyTorch's
+log-softmax and its backward (slow on CPUs) are not needed.
 """
 
 from __future__ import annotations
@@ -10,29 +13,54 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from hslm.model import Gemma3
 
 IGNORE = -100  # target id that adds no loss (prompt tokens in SFT, padding)
 
 
-def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()
-    return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum over rows of cross_entropy(hidden @ weight.T, targets), IGNORE targets skipped."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_tokens):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            rows = hidden[start:start + chunk_tokens]
+            target = targets[start:start + chunk_tokens]
+            kept = target != IGNORE
+            safe_target = torch.where(kept, target, 0).unsqueeze(1)
+            logits = F.linear(rows, weight).float()
+            # Softmax in place (max, subtract, exp, normalise: 2x faster than logsumexp on CPU);
+            # loss = log(sum exp(shifted)) - shifted[target].
+            shifted = logits.sub_(logits.amax(dim=1, keepdim=True))
+            target_logit = shifted.gather(1, safe_target)
+            probs = shifted.exp_()
+            row_sum = probs.sum(dim=1, keepdim=True)
+            total += ((row_sum.log() - target_logit).squeeze(1) * kept).sum()
+            # d loss / d logits = softmax - one_hot, zero on ignored rows.
+            grad_logits = probs.div_(row_sum)
+            grad_logits.scatter_add_(1, safe_target, torch.full_like(safe_target, -1.0,
+                                                                     dtype=torch.float32))
+            grad_logits.mul_(kept.unsqueeze(1))
+            # Under autocast these matmuls run in the autocast dtype, like the forward's.
+            grad_hidden[start:start + chunk_tokens] = grad_logits @ weight
+            grad_weight += grad_logits.T @ rows
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None
 
 
 def cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                       chunk_tokens: int) -> torch.Tensor:
     """Summed cross-entropy of `targets` [N] under logits hidden [N, H] @ weight.T."""
-    if hidden.shape[0] <= chunk_tokens:
-        return _chunk_loss(hidden, weight, targets)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        end = start + chunk_tokens
-        total = total + checkpoint(_chunk_loss, hidden[start:end], weight, targets[start:end],
-                                   use_reentrant=False)
-    return total
+    return LinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens)
 
 
 class LanguageModelLoss(nn.Module):
