@@ -4,7 +4,7 @@ Trains an 8k tokenizer on every shared Hindi text file, tokenizes them (5% held 
 few training steps to choose the step count that fits the budget, then runs hslm-train's loop
 (cosine schedule over that many steps) and records validation loss and bits per byte.
 
-    python benchmarks/loss_curve.py [--minutes 20] [--data ../shared/data/hindi]
+    python benchmarks/loss_curve.py [--minutes 20] [--data ../shared/data/hindi] [--keep DIR]
 
 Writes benchmarks/results/loss_curve.{json,md} and loss_curve.png (with matplotlib).
 """
@@ -21,6 +21,7 @@ import torch
 
 from hslm.config import ModelConfig
 from hslm.data.shards import TokenShards, write_shards_from_texts
+from hslm.export.hf import save_hf
 from hslm.model import Gemma3
 from hslm.tokenizer import Tokenizer, read_lines, train_tokenizer
 from hslm.train.config import TrainConfig
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="CPU budget for training")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "hindi")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "tiny-cpu.yaml")
+    parser.add_argument("--keep", type=Path, help="also save the trained model folder here")
     args = parser.parse_args()
     files = sorted(args.data.glob("*.txt"))
     if not files:
@@ -74,6 +76,8 @@ def main() -> None:
         result = train(config, tokenizer)
         elapsed = time.perf_counter() - started
         records = [json.loads(line) for line in open(work / "run" / "metrics.jsonl")]
+        if args.keep:
+            save_hf(result.model, args.keep, tokenizer=tokenizer)
 
     curve = [{k: r[k] for k in ("step", "tokens", "val_loss", "val_bpb")}
              for r in records if "val_bpb" in r]

@@ -46,3 +46,15 @@ def trained_tokenizer(trained_tokenizer_dir):
     from hslm.tokenizer import Tokenizer
 
     return Tokenizer.load(trained_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def shard_dir(trained_tokenizer, hindi_data_dir, tmp_path_factory) -> Path:
+    """Token shards (train + 10% validation) of 800 real Hindi story sentences."""
+    from hslm.data.shards import write_shards_from_texts
+
+    lines = (hindi_data_dir / "stories_bhaav_sentences.txt").read_text("utf-8").splitlines()[:800]
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards_from_texts(lines, trained_tokenizer, folder, val_fraction=0.1)
+    return folder
+

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from hslm.data.shards import write_shards_from_texts
 from hslm.train.config import TrainConfig
 from hslm.train.loop import TrainingError, train
 from hslm.train.loss import IGNORE
@@ -84,13 +83,11 @@ def test_bad_records_are_refused(tmp_path, trained_tokenizer, line, message):
 
 
 def test_fine_tune_from_a_pretrained_run(sft_file, trained_tokenizer, trained_tokenizer_dir,
-                                         hindi_data_dir, tmp_path):
-    lines = (hindi_data_dir / "stories_bhaav_sentences.txt").read_text("utf-8").splitlines()[:400]
-    write_shards_from_texts(lines, trained_tokenizer, tmp_path / "shards", val_fraction=0.1)
+                                         shard_dir, tmp_path):
     common = {"tokenizer": str(trained_tokenizer_dir), "seq_len": 64, "micro_batch": 4,
               "batch_tokens": 256, "warmup": 1, "eval_batches": 1, "eval_samples": 1,
               "precision": "fp32", "device": "cpu", "peak_tflops": 1.0}
-    pretrained = train(TrainConfig(data=str(tmp_path / "shards"), out=str(tmp_path / "pre"),
+    pretrained = train(TrainConfig(data=str(shard_dir), out=str(tmp_path / "pre"),
                                    steps=3, eval_every=3, checkpoint_every=3, **common),
                        trained_tokenizer)
     config = TrainConfig(task="sft", data=str(sft_file), init_from=str(tmp_path / "pre"),

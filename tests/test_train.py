@@ -10,44 +10,22 @@ import pytest
 import torch
 
 from hslm.config import ConfigError, ModelConfig
-from hslm.data.shards import (
-    ShardError,
-    ShardWriter,
-    TokenShards,
-    write_shards_from_texts,
-)
+from hslm.data.shards import ShardError, ShardWriter, TokenShards
 from hslm.model import Gemma3
 from hslm.train import loop
 from hslm.train import loss as loss_module
-from hslm.train.checkpoint import (
-    CheckpointError,
-    best_checkpoint,
-    load_checkpoint,
-    load_latest,
-)
+from hslm.train.checkpoint import CheckpointError, best_checkpoint, load_checkpoint, load_latest
 from hslm.train.config import TrainConfig
 from hslm.train.distributed import World
 from hslm.train.evaluate import evaluate, token_byte_lengths
 from hslm.train.loop import TrainingError, learning_rate, train
 from hslm.train.loss import IGNORE, cross_entropy_sum, per_token_losses
 from hslm.train.metrics import flops_per_token, peak_tflops
-
-
-@pytest.fixture(scope="module")
-def shard_dir(trained_tokenizer, hindi_data_dir, tmp_path_factory):
-    lines = (hindi_data_dir / "stories_bhaav_sentences.txt").read_text("utf-8").splitlines()[:800]
-    folder = tmp_path_factory.mktemp("shards")
-    write_shards_from_texts(lines, trained_tokenizer, folder, val_fraction=0.1)
-    return folder
+from train_factory import small_run as small_values
 
 
 def small_run(shard_dir, tokenizer_dir, out, **overrides) -> TrainConfig:
-    values = {"data": str(shard_dir), "tokenizer": str(tokenizer_dir), "out": str(out),
-              "steps": 6, "seq_len": 32, "micro_batch": 4, "batch_tokens": 256, "warmup": 2,
-              "eval_every": 3, "eval_batches": 1, "eval_samples": 0, "checkpoint_every": 3,
-              "log_every": 1, "precision": "fp32", "device": "cpu", "peak_tflops": 1.0,
-              **overrides}
-    return TrainConfig(**values)
+    return TrainConfig(**small_values(shard_dir, tokenizer_dir, out, **overrides))
 
 
 # ---------------------------------------------------------------- shards

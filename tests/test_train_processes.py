@@ -14,29 +14,17 @@ import time
 import pytest
 import torch
 
-from hslm.data.shards import write_shards_from_texts
 from hslm.train.checkpoint import load_checkpoint, load_latest
+from train_factory import small_run
 
 # One thread per process: runs compared bit for bit must reduce in the same order.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TRAIN = [sys.executable, "-m", "hslm.apps.train", "--samples", "0"]
 
 
-@pytest.fixture(scope="module")
-def shard_dir(trained_tokenizer, hindi_data_dir, tmp_path_factory):
-    lines = (hindi_data_dir / "news_headlines_bbc_hindi.txt").read_text("utf-8").splitlines()[:1500]
-    folder = tmp_path_factory.mktemp("shards")
-    write_shards_from_texts(lines, trained_tokenizer, folder, val_fraction=0.1)
-    return folder
-
-
 def run_args(shard_dir, tokenizer_dir, out, **overrides) -> list[str]:
-    values = {"data": shard_dir, "tokenizer": tokenizer_dir, "out": out, "steps": 6,
-              "seq_len": 32, "micro_batch": 4, "batch_tokens": 256, "warmup": 2,
-              "eval_every": 3, "eval_batches": 2, "eval_samples": 0, "checkpoint_every": 3,
-              "log_every": 1, "precision": "fp32", "device": "cpu", "peak_tflops": 1.0,
-              **overrides}
-    return [f"{key}={value}" for key, value in values.items()]
+    return [f"{key}={value}" for key, value in
+            small_run(shard_dir, tokenizer_dir, out, **overrides).items()]
 
 
 def run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
