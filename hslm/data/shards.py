@@ -44,6 +44,7 @@ class ShardWriter:
         self.dtype = token_dtype(vocab_size)
         self.shard_tokens = shard_tokens
         self.pending: dict[str, list[np.ndarray]] = {}
+        self.pending_tokens: dict[str, int] = {}
         self.shards: dict[str, list[dict]] = {}
 
     def add_document(self, ids: list[int], split: str = "train") -> None:
@@ -51,11 +52,13 @@ class ShardWriter:
         if doc.min() < 0 or doc.max() >= self.vocab_size:
             raise ShardError(f"token id {int(doc.max())} is outside the vocabulary of {self.vocab_size}")
         self.pending.setdefault(split, []).append(doc.astype(self.dtype))
-        if sum(len(d) for d in self.pending[split]) >= self.shard_tokens:
+        self.pending_tokens[split] = self.pending_tokens.get(split, 0) + len(doc)
+        if self.pending_tokens[split] >= self.shard_tokens:
             self._flush(split)
 
     def _flush(self, split: str) -> None:
         docs = self.pending.pop(split, [])
+        self.pending_tokens.pop(split, None)
         if not docs:
             return
         data = np.concatenate(docs).tobytes()
