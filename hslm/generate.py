@@ -115,10 +115,12 @@ class TorchLogits:
 
 
 def generate_ids(model, prompt_ids: Sequence[int], params: SamplingParams,
-                 stop_token_ids: Sequence[int] = ()) -> Iterator[int]:
+                 stop_token_ids: Sequence[int] = (), guide=None) -> Iterator[int]:
     """Yield new token ids one at a time; a stop token ends the stream and is not yielded.
 
-    `model` is a `Gemma3` or any logits source (see `TorchLogits`).
+    `model` is a `Gemma3` or any logits source (see `TorchLogits`). A `guide`
+    (`hslm.runtime.guided.Guide`) allows only tokens that keep the output in its grammar and
+    ends the stream when the output is complete.
     """
     source = TorchLogits(model) if isinstance(model, Gemma3) else model
     source.reset()
@@ -135,10 +137,16 @@ def generate_ids(model, prompt_ids: Sequence[int], params: SamplingParams,
     new_ids = list(prompt_ids)
     for _ in range(min(params.max_new_tokens, limit - len(prompt_ids))):
         logits = source.feed(new_ids).float().cpu()
+        if guide is not None:
+            logits = guide.mask_logits(logits)
         token = choose_token(process_logits(logits, params, torch.tensor(seen)), params, rng)
         if token in stops:
             return
         yield token
+        if guide is not None:
+            guide.advance(token)
+            if guide.done:
+                return
         seen.append(token)
         new_ids = [token]
 
@@ -187,8 +195,9 @@ class TextStream:
 
 def stream(model: Gemma3, tokenizer, prompt: str | Sequence[int],
            params: SamplingParams | None = None, add_bos: bool = True,
-           result: Generation | None = None) -> Iterator[str]:
-    """Yield generated text piece by piece. Pass `result` to receive ids and finish reason."""
+           result: Generation | None = None, guide=None) -> Iterator[str]:
+    """Yield generated text piece by piece. Pass `result` to receive ids and finish reason;
+    `guide` constrains the output (see `generate_ids`)."""
     params = params or SamplingParams()
     prompt_ids = tokenizer.encode(prompt, add_bos=add_bos) if isinstance(prompt, str) else list(prompt)
     result = result if result is not None else Generation(text="")
@@ -196,7 +205,7 @@ def stream(model: Gemma3, tokenizer, prompt: str | Sequence[int],
     stops = (tokenizer.eos_id, tokenizer.end_of_turn_id)
     result.finish_reason = "stop"
     produced = 0
-    for token in generate_ids(model, prompt_ids, params, stops):
+    for token in generate_ids(model, prompt_ids, params, stops, guide):
         produced += 1
         result.token_ids.append(token)
         piece = text_stream.push(token)
@@ -209,7 +218,9 @@ def stream(model: Gemma3, tokenizer, prompt: str | Sequence[int],
     if piece:
         result.text += piece
         yield piece
-    if produced == params.max_new_tokens or len(prompt_ids) + produced >= _context_length(model):
+    out_of_room = produced == params.max_new_tokens or \
+        len(prompt_ids) + produced >= _context_length(model)
+    if out_of_room and not (guide is not None and guide.done):
         result.finish_reason = "length"
 
 
@@ -218,9 +229,10 @@ def _context_length(model) -> int:
 
 
 def generate(model: Gemma3, tokenizer, prompt: str | Sequence[int],
-             params: SamplingParams | None = None, add_bos: bool = True) -> Generation:
+             params: SamplingParams | None = None, add_bos: bool = True,
+             guide=None) -> Generation:
     """Generate a whole answer; see `stream` for the piece-by-piece form."""
     result = Generation(text="")
-    for _ in stream(model, tokenizer, prompt, params, add_bos, result):
+    for _ in stream(model, tokenizer, prompt, params, add_bos, result, guide):
         pass
     return result

@@ -87,6 +87,9 @@ CHAT_TEMPLATE = (
 )
 
 
+_UNDECODABLE = re.compile("([\udc80-\udcff]+)")
+
+
 class TokenizerError(ValueError):
     """A tokenizer that cannot be trained, loaded or used as asked; the message says why."""
 
@@ -186,6 +189,19 @@ class Tokenizer:
         it become their ids."""
         return self.encode_batch([text], add_bos)[0]
 
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Ids whose pieces are exactly `data`: no normalisation, special token strings stay
+        text, and bytes that are not whole UTF-8 characters become byte tokens (what
+        constrained decoding needs to tokenize forced output)."""
+        ids: list[int] = []
+        # surrogateescape keeps every undecodable byte as one lone surrogate U+DC80..U+DCFF.
+        for part in _UNDECODABLE.split(data.decode("utf-8", errors="surrogateescape")):
+            if part and "\udc80" <= part[0] <= "\udcff":
+                ids += [self._sp.piece_to_id(f"<0x{ord(c) - 0xDC00:02X}>") for c in part]
+            elif part:
+                ids += self._sp.encode(part)
+        return ids
+
     def encode_batch(self, texts: Sequence[str], add_bos: bool = False,
                      num_threads: int | None = None) -> list[list[int]]:
         """`encode` for many texts at once, with SentencePiece's threads (default: all cores)."""
@@ -210,29 +226,8 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: Sequence[dict],
                             add_generation_prompt: bool = True) -> str:
-        """Render a conversation ([{"role": ..., "content": ...}, ...]) in Gemma's format, exactly
-        as the Jinja `chat_template` in tokenizer_config.json does. The result starts with
-        "<bos>", so encode it with `add_bos=False`."""
-        if not messages:
-            raise TokenizerError("the conversation has no messages")
-        if not all(isinstance(message["content"], str) for message in messages):
-            raise TokenizerError("message content must be a string")
-        system_prefix, turns = "", list(messages)
-        if messages[0]["role"] == "system":
-            system_prefix, turns = messages[0]["content"] + "\n\n", turns[1:]
-            if not turns:
-                raise TokenizerError("a system message must be followed by a user message")
-        text = BOS
-        for index, message in enumerate(turns):
-            role = "model" if message["role"] in ("assistant", "model") else message["role"]
-            if role != ("user" if index % 2 == 0 else "model"):
-                raise TokenizerError("roles must alternate user, assistant, user, ... after an "
-                                     "optional system message")
-            prefix = system_prefix if index == 0 else ""
-            text += f"{START_OF_TURN}{role}\n{prefix}{message['content'].strip()}{END_OF_TURN}\n"
-        if add_generation_prompt:
-            text += f"{START_OF_TURN}model\n"
-        return text
+        """See `render_chat` (the same for every tokenizer of hslm's vocabulary)."""
+        return render_chat(messages, add_generation_prompt)
 
     # ---------------------------------------------------------------- files
     def save(self, output_dir: str | Path, model_max_length: int = MODEL_MAX_LENGTH) -> Path:
@@ -284,6 +279,32 @@ class Tokenizer:
             single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
             special_tokens=[(BOS, self.bos_id)])
         return hf
+
+
+def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    """Render a conversation ([{"role": ..., "content": ...}, ...]) in Gemma's format, exactly
+    as the Jinja `chat_template` in tokenizer_config.json does. The result starts with
+    "<bos>", so encode it with `add_bos=False`."""
+    if not messages:
+        raise TokenizerError("the conversation has no messages")
+    if not all(isinstance(message["content"], str) for message in messages):
+        raise TokenizerError("message content must be a string")
+    system_prefix, turns = "", list(messages)
+    if messages[0]["role"] == "system":
+        system_prefix, turns = messages[0]["content"] + "\n\n", turns[1:]
+        if not turns:
+            raise TokenizerError("a system message must be followed by a user message")
+    text = BOS
+    for index, message in enumerate(turns):
+        role = "model" if message["role"] in ("assistant", "model") else message["role"]
+        if role != ("user" if index % 2 == 0 else "model"):
+            raise TokenizerError("roles must alternate user, assistant, user, ... after an "
+                                 "optional system message")
+        prefix = system_prefix if index == 0 else ""
+        text += f"{START_OF_TURN}{role}\n{prefix}{message['content'].strip()}{END_OF_TURN}\n"
+    if add_generation_prompt:
+        text += f"{START_OF_TURN}model\n"
+    return text
 
 
 def _check_supported(proto: ModelProto) -> None:

@@ -15,6 +15,7 @@ from hslm.model import Gemma3
 
 WINDOW = 16  # the tiny preset's sliding window
 SEQ_LEN = 3 * WINDOW  # test sequences are longer than the window (3x)
+LAYOUT = [GLOBAL, SLIDING, GLOBAL, SLIDING, SLIDING]  # not Gemma's "every 6th is global"
 
 # name -> overrides of the tiny preset
 CONFIGS = {
@@ -75,3 +76,29 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def briefly_trained_model(tokenizer, hindi_data_dir) -> Gemma3:
+    """A small model with a non-default layout, trained for a few hundred steps on real Hindi
+    so that its predictions are peaked like a real model's (quantization errors on random
+    weights say little). head_dim differs from hidden/heads and both RoPE bases from
+    llama.cpp's defaults, so every layout key in the file matters."""
+    torch.manual_seed(0)
+    config = ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size, n_layers=5,
+                                layer_types=LAYOUT, head_dim=32, query_pre_attn_scalar=32,
+                                rope_base_local=5_000.0, rope_base_global=200_000.0)
+    model = Gemma3(config)
+    lines = (hindi_data_dir / "stories_hindi_discourse_sentences.txt").read_text("utf-8")
+    stream_ids = torch.tensor(tokenizer.encode(lines[:200_000]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        starts = torch.randint(0, len(stream_ids) - 65, (16,), generator=generator)
+        batch = torch.stack([stream_ids[s:s + 65] for s in starts])
+        logits = model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 6.5  # it learned something (uniform would be ln(8000) = 9.0)
+    return model.eval()

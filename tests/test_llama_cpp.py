@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from hslm.config import GLOBAL, SLIDING, ModelConfig
+from hslm.config import ModelConfig
 from hslm.export.gguf import write_gguf
 from hslm.generate import Generation, SamplingParams, generate_ids, stream
 from hslm.model import Gemma3
 from hslm.quant.llama_cpp import QuantizeError, quantize_gguf
 from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
-from model_factory import perturb_norms
+from model_factory import briefly_trained_model, perturb_norms
 
-LAYOUT = [GLOBAL, SLIDING, GLOBAL, SLIDING, SLIDING]  # not Gemma's "every 6th is global"
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -25,32 +24,6 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 def kl_divergence(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     p_log, q_log = log_softmax(reference), log_softmax(other)
     return (np.exp(p_log) * (p_log - q_log)).sum(-1)
-
-
-def briefly_trained_model(tokenizer, hindi_data_dir) -> Gemma3:
-    """A small model with a non-default layout, trained for a few hundred steps on real Hindi
-    so that its predictions are peaked like a real model's (quantization errors on random
-    weights say little). head_dim differs from hidden/heads and both RoPE bases from
-    llama.cpp's defaults, so every layout key in the file matters."""
-    torch.manual_seed(0)
-    config = ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size, n_layers=5,
-                                layer_types=LAYOUT, head_dim=32, query_pre_attn_scalar=32,
-                                rope_base_local=5_000.0, rope_base_global=200_000.0)
-    model = Gemma3(config)
-    lines = (hindi_data_dir / "stories_hindi_discourse_sentences.txt").read_text("utf-8")
-    stream_ids = torch.tensor(tokenizer.encode(lines[:200_000]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        starts = torch.randint(0, len(stream_ids) - 65, (16,), generator=generator)
-        batch = torch.stack([stream_ids[s:s + 65] for s in starts])
-        logits = model(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 6.5  # it learned something (uniform would be ln(8000) = 9.0)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ class GGUFTokenizer:
         kinds = reader.fields["tokenizer.ggml.token_type"]
         pieces = [bytes(tokens.parts[i]).decode("utf-8") for i in tokens.data]
         types = [int(kinds.parts[i][0]) for i in kinds.data]
+        self._pieces = pieces
         self._piece_bytes = [_piece_bytes(p, k) for p, k in zip(pieces, types)]
         ids = {piece: index for index, piece in enumerate(pieces)}
         self.vocab_size = len(pieces)
@@ -53,8 +54,15 @@ class GGUFTokenizer:
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         return self.llm.tokenize(normalize(text).encode("utf-8"), add_bos=add_bos, special=True)
 
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Ids whose pieces are exactly `data` (no normalisation; see Tokenizer.encode_bytes)."""
+        return self.llm.tokenize(data, add_bos=False, special=False)
+
     def piece_bytes(self, token_id: int) -> bytes:
         return self._piece_bytes[token_id]
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._pieces[token_id]
 
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(map(self.piece_bytes, ids)).decode("utf-8", errors="replace")

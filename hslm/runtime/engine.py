@@ -1,0 +1,101 @@
+"""One object for every backend: load a model from whatever path hslm wrote, then generate,
+stream or chat with the same sampling and guided decoding everywhere.
+
+    from hslm.runtime import load
+    runtime = load("runs/demo/train/model")          # or model-q4.gguf, or an ONNX folder
+    runtime.chat([{"role": "user", "content": "भारत की राजधानी?"}],
+                 json_schema={"type": "object", ...}).text
+
+Backends are logits sources (see `hslm.generate.TorchLogits`); the decode loop, sampling,
+stop handling, streaming and guided decoding are hslm's own, so they behave the same.
+A runtime generates one answer at a time (its KV cache is its state); `lock` serialises
+callers that share it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hslm.generate import Generation, SamplingParams, TorchLogits, stream
+from hslm.runtime.guided import Guide, grammar_for
+from hslm.tokenizer import render_chat
+
+
+class RuntimeLoadError(ValueError):
+    """Nothing hslm can run at the given path (message says why)."""
+
+
+@dataclass
+class Runtime:
+    backend: str  # "torch", "llama.cpp" or "onnx"
+    source: object  # a logits source
+    tokenizer: object
+    name: str
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def context_length(self) -> int:
+        return self.source.context_length
+
+    def guide(self, json_schema=None, regex=None, grammar=None) -> Guide | None:
+        """A fresh guide for one generation, or None without a constraint. Raises GuideError
+        for an invalid or unsatisfiable constraint, before any token is generated."""
+        if json_schema is None and regex is None and grammar is None:
+            return None
+        return Guide(self.tokenizer, grammar_for(json_schema, regex, grammar))
+
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        return self.tokenizer.encode(render_chat(messages))
+
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+               add_bos: bool = True, result: Generation | None = None, json_schema=None,
+               regex=None, grammar=None) -> Iterator[str]:
+        guide = self.guide(json_schema, regex, grammar)
+        yield from stream(self.source, self.tokenizer, prompt, params, add_bos, result, guide)
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+                 **options) -> Generation:
+        result = Generation(text="")
+        for _ in self.stream(prompt, params, result=result, **options):
+            pass
+        return result
+
+    def chat(self, messages: Sequence[dict], params: SamplingParams | None = None,
+             **options) -> Generation:
+        """The model's next turn after `messages` (Gemma chat format)."""
+        return self.generate(self.encode_chat(messages), params, **options)
+
+    def chat_stream(self, messages: Sequence[dict], params: SamplingParams | None = None,
+                    **options) -> Iterator[str]:
+        return self.stream(self.encode_chat(messages), params, **options)
+
+
+def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32",
+         device: str = "cpu") -> Runtime:
+    """A runtime for a model folder / checkpoint / training run (PyTorch), a `.gguf` file
+    (llama.cpp) or an ONNX folder (ONNX Runtime)."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise RuntimeLoadError(f"model not found: {path}")
+    if path.suffix == ".gguf":
+        from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
+
+        try:
+            source, tokenizer = load_gguf(path, threads=threads)
+        except GGUFLoadError as err:
+            raise RuntimeLoadError(str(err)) from None
+        return Runtime("llama.cpp", source, tokenizer, path.stem)
+    from hslm.runtime.torch import ModelLoadError, load_torch_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model, tokenizer = load_torch_model(path, getattr(torch, dtype))
+    except ModelLoadError as err:
+        raise RuntimeLoadError(str(err)) from None
+    return Runtime("torch", TorchLogits(model.to(device)), tokenizer, path.name)
