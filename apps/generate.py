@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-from hslm.apps.common import DTYPES, UsageError, fail, load_model_folder
-from hslm.generate import Generation, SamplingParams, stream
+from hslm.apps.common import DTYPES, UsageError, fail
+from hslm.generate import Generation, SamplingParams
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,37 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_backend(args):
-    """(model or logits source, tokenizer) for what the user named."""
-    if args.gguf:
-        from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
-
-        try:
-            return load_gguf(args.gguf, threads=args.threads)
-        except GGUFLoadError as err:
-            raise UsageError(str(err)) from None
-    model, tokenizer = load_model_folder(args.model, args.dtype)
-    return model.to(args.device), tokenizer
-
-
 def main(argv: list[str] | None = None) -> None:
+    from hslm.runtime import load
+
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     try:
         params = SamplingParams(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
             stop_strings=args.stop, seed=args.seed)
-        model, tokenizer = load_backend(args)
-        add_bos = not args.no_bos
+        runtime = load(args.gguf or args.model, threads=args.threads, dtype=args.dtype,
+                       device=args.device)
         if args.chat:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
-            add_bos = False  # the template starts with <bos>
-        prompt_ids = tokenizer.encode(prompt, add_bos=add_bos)
+            prompt_ids = runtime.encode_chat([{"role": "user", "content": prompt}])
+        else:
+            prompt_ids = runtime.tokenizer.encode(prompt, add_bos=not args.no_bos)
         result = Generation(text="")
-        for piece in stream(model, tokenizer, prompt_ids, params, result=result):
+        for piece in runtime.stream(prompt_ids, params, result=result):
             print(piece, end="", flush=True)
     except (UsageError, ValueError) as err:
         fail(str(err))

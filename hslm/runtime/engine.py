@@ -24,6 +24,16 @@ from hslm.runtime.guided import Guide, grammar_for
 from hslm.tokenizer import render_chat
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as file:
+        return file.read(len(magic)) == magic
+
+
 class RuntimeLoadError(ValueError):
     """Nothing hslm can run at the given path (message says why)."""
 
@@ -82,7 +92,7 @@ def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32"
     path = Path(path)
     if not path.exists():
         raise RuntimeLoadError(f"model not found: {path}")
-    if path.suffix == ".gguf":
+    if path.suffix == ".gguf" or _starts_with(path, GGUF_MAGIC):
         from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
 
         try:

@@ -16,7 +16,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from hslm.generate import Generation, SamplingParams

@@ -114,13 +114,19 @@ def is_checkpoint_path(path: str | Path) -> bool:
     return path.suffix == ".pt"
 
 
-def model_from_checkpoint(state: dict):
-    """(Gemma3 in eval mode, Tokenizer) from a checkpoint's state: checkpoints carry their
-    model config and tokenizer, so they load without the run's other files."""
+def model_from_state(state: dict):
+    """The Gemma3 of a checkpoint's state (checkpoints carry their model config)."""
     from hslm.config import ModelConfig
     from hslm.model import Gemma3
-    from hslm.tokenizer import Tokenizer
 
     model = Gemma3(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
-    return model.eval(), Tokenizer(state["tokenizer_model"])
+    return model
+
+
+def model_from_checkpoint(state: dict):
+    """(Gemma3 in eval mode, Tokenizer) from a checkpoint's state: checkpoints carry their
+    tokenizer too, so they load without the run's other files."""
+    from hslm.tokenizer import Tokenizer
+
+    return model_from_state(state).eval(), Tokenizer(state["tokenizer_model"])

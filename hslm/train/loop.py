@@ -25,7 +25,7 @@ from hslm.data.shards import ShardError, TokenShards
 from hslm.model import Gemma3
 from hslm.tokenizer import Tokenizer
 from hslm.train import distributed
-from hslm.train.checkpoint import load_latest, save_checkpoint
+from hslm.train.checkpoint import load_latest, model_from_state, save_checkpoint
 from hslm.train.config import TrainConfig
 from hslm.train.distributed import World, all_gather, all_reduce_sum
 from hslm.train.evaluate import evaluate, sample_generations, token_byte_lengths
@@ -83,9 +83,7 @@ def open_data(config: TrainConfig, tokenizer: Tokenizer):
 def initial_model(config: TrainConfig, tokenizer: Tokenizer, resumed: dict | None) -> Gemma3:
     """The model to train: as checkpointed, from `init_from`'s weights, or freshly initialised."""
     if resumed is not None:
-        model = Gemma3(ModelConfig.from_dict(resumed["model_config"]))
-        model.load_state_dict(resumed["model"])
-        return model
+        return model_from_state(resumed)
     if config.init_from:
         from hslm.runtime.torch import ModelLoadError, load_torch_model
         try:
