@@ -29,7 +29,7 @@ record. At the end the model is written to OUT/model, a folder hslm-generate and
 read (they also read OUT itself or a checkpoint file).
 
 Several processes (DDP; NCCL on GPUs, gloo on CPUs):
-  torchrun --nproc-per-node 8 -m hslm.apps.train --config configs/hindi-270m-gpu.yaml ...""",
+  torchrun --nproc-per-node 8 --no-python hslm-train --config configs/hindi-270m-gpu.yaml ...""",
         epilog="example: hslm-train --config configs/tiny-cpu.yaml data=runs/demo/shards "
                "tokenizer=runs/demo/tokenizer steps=500")
     parser.add_argument("--config", help="YAML/JSON training config")

@@ -132,6 +132,7 @@ def test_chat_command(model_dir, tmp_path):
     script = f"नमस्ते\n/json {schema_file}\nक्या आप तैयार हैं?\n/json /missing.json\n/exit\n"
     done = subprocess.run([sys.executable, "-m", "hslm.apps.chat", str(model_dir),
                            "--max-new-tokens", "40", "--seed", "0"], input=script, text=True,
+                          cwd=tmp_path,  # not the checkout, whose hslm/ would shadow the package
                           capture_output=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     answers = done.stdout.strip().splitlines()

@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -19,6 +20,9 @@ from train_factory import small_run
 
 # One thread per process: runs compared bit for bit must reduce in the same order.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Outside the checkout: `python -m` puts the working directory first on sys.path, and the
+# checkout's hslm/ folder (without apps/, which installs as hslm.apps) would shadow the package.
+CWD = tempfile.gettempdir()
 TRAIN = [sys.executable, "-m", "hslm.apps.train", "--samples", "0"]
 
 
@@ -28,7 +32,8 @@ def run_args(shard_dir, tokenizer_dir, out, **overrides) -> list[str]:
 
 
 def run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(args, env=ENV, cwd=CWD, capture_output=True, text=True, timeout=300,
+                          check=False)
     if check and done.returncode != 0:
         raise AssertionError(f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
@@ -73,7 +78,7 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(shard_dir, trained_
     kill_after = random.Random().randint(3, 25)
     out = tmp_path / "killed"
     process = subprocess.Popen(TRAIN + run_args(shard_dir, trained_tokenizer_dir, out, **common),
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               cwd=CWD, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
     while process.poll() is None and time.time() < deadline:
@@ -97,7 +102,7 @@ def test_sigterm_checkpoints_and_exits(shard_dir, trained_tokenizer_dir, tmp_pat
     out = tmp_path / "run"
     args = TRAIN + run_args(shard_dir, trained_tokenizer_dir, out, steps=5000, warmup=10,
                             checkpoint_every=1000, eval_every=1000)
-    process = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process = subprocess.Popen(args, env=ENV, cwd=CWD, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
