@@ -12,7 +12,9 @@ uninterrupted one would have read, and 2 ranks read what 1 rank with 2 micro-ste
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +82,27 @@ class ShardWriter:
         return path
 
 
-def write_shards_from_texts(texts, tokenizer, output_dir: str | Path,
-                            val_fraction: float = 0.05) -> Path:
-    """Tokenize documents into shards; every 1/val_fraction-th document goes to validation."""
+def write_shards_from_texts(texts: Iterable[str], tokenizer, output_dir: str | Path,
+                            val_fraction: float = 0.05, sources: Iterable[str] | None = None,
+                            source_files: list[str] = (), batch_documents: int = 10_000) -> Path:
+    """Tokenize documents into shards; every 1/val_fraction-th document goes to validation
+    (the split is by document). `sources` names each document's source, for the manifest's
+    tokens-per-source table; documents are encoded in batches, so any number fits."""
     writer = ShardWriter(output_dir, tokenizer.sha256, tokenizer.vocab_size)
     every = max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
-    for index, ids in enumerate(tokenizer.encode_batch(list(texts))):
-        writer.add_document(ids, "val" if every and index % every == every - 1 else "train")
-    return writer.close()
+    per_source: dict[str, dict[str, int]] = {}
+    labelled = zip(texts, sources if sources is not None else itertools.repeat(""))
+    index = 0
+    while batch := list(itertools.islice(labelled, batch_documents)):
+        for (_, source), ids in zip(batch, tokenizer.encode_batch([text for text, _ in batch])):
+            writer.add_document(ids, "val" if every and index % every == every - 1 else "train")
+            if source:
+                entry = per_source.setdefault(source, {"documents": 0, "tokens": 0})
+                entry["documents"] += 1
+                entry["tokens"] += len(ids) + 2  # with <bos> and <eos>
+            index += 1
+    return writer.close({"documents": index, "source_files": list(source_files),
+                         "tokens_per_source": dict(sorted(per_source.items()))})
 
 
 class TokenShards:

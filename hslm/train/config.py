@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hslm.config import ConfigError
+from hslm.configfile import load_dataclass
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 TASKS = ("pretrain", "sft")
@@ -82,39 +81,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-        values: dict[str, Any] = {}
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            try:
-                values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as err:
-                raise ConfigError(f"cannot parse {path}: {err}") from None
-            if not isinstance(values, dict):
-                raise ConfigError(f"{path} must contain a mapping of config keys")
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ConfigError(f"override {item!r} is not key=value")
-            value = yaml.safe_load(raw)
-            if key.startswith("model_overrides."):
-                values.setdefault("model_overrides", {})[key.split(".", 1)[1]] = value
-            else:
-                values[key] = value
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown training key(s) {unknown}; known: {sorted(known)}")
-        for key, value in values.items():  # YAML reads 3e-3 as a string: accept numbers
-            if known[key].type == "float" and isinstance(value, (str, int)) and not isinstance(value, bool):
-                try:
-                    values[key] = float(value)
-                except ValueError:
-                    raise ConfigError(f"{key} must be a number, got {value!r}") from None
-            elif known[key].type == "bool" and not isinstance(value, bool):
-                raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return cls(**values)
+        return load_dataclass(cls, path, overrides, what="training")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
