@@ -7,12 +7,14 @@ cd "$(dirname "$0")"
 run_dir="${HSLM_RUN_DIR:-runs/demo}"
 mkdir -p "$run_dir"
 
-echo "== 1. tokenizer: SentencePiece BPE on the bundled Hindi + Hinglish sample"
-hslm-tokenizer train data/sample --output "$run_dir/tokenizer" --vocab-size 8000
-hslm-tokenizer fertility "$run_dir/tokenizer" data/sample
+echo "== 1. data: clean, filter, scrub and deduplicate the raw sample (datatrove)"
+hslm-data prepare --config configs/prepare-sample.yaml --output "$run_dir/prepared" --fresh
 
-echo "== 2. data: tokenize into shards with a held-out validation split"
-hslm-data tokenize data/sample --tokenizer "$run_dir/tokenizer" --output "$run_dir/shards"
+echo "== 2. tokenizer: SentencePiece BPE on the prepared documents, then tokenize them"
+hslm-data tokenizer "$run_dir/prepared/documents" --output "$run_dir/tokenizer" --vocab-size 8000
+hslm-tokenizer fertility "$run_dir/tokenizer" data/sample
+hslm-data tokenize "$run_dir/prepared/documents" --tokenizer "$run_dir/tokenizer" \
+  --output "$run_dir/shards"
 
 echo "== 3. train: the tiny model (both sliding and global layers) on the CPU"
 rm -rf "$run_dir/train"  # a fresh run each time (the same command otherwise resumes)

@@ -28,6 +28,7 @@ _LATIN_LETTERS = re.compile(r"[A-Za-z\u00c0-\u024f]+")
 _ARABIC_LETTERS = re.compile(r"[\u0600-\u06ff\u0750-\u077f\ufb50-\ufdff\ufe70-\ufefc]+")
 _ANY_LETTERS = re.compile(r"[^\W\d_]+")
 
+LATIN_LISTS = ("stopwords_hi_latn", "stopwords_en")  # matched case-insensitively
 LABELS = ("hi", "hi-latn", "hi-mixed", "mr", "ne", "en", "ur", "other", "none")
 
 
@@ -50,32 +51,36 @@ def _letters(pattern: re.Pattern, text: str) -> int:
 @dataclass(frozen=True)
 class Identification:
     label: str
-    devanagari: float  # shares of the document's letters
-    latin: float
-    arabic: float
+    devanagari: float  # share of the document's letters
 
 
 def identify(text: str, tokens: list[str] | None = None) -> Identification:
-    """The document's label (see the module docstring) and script shares."""
+    """The document's label (see the module docstring) and its Devanagari share."""
     letters = _letters(_ANY_LETTERS, text)
     if letters == 0:
-        return Identification("none", 0.0, 0.0, 0.0)
+        return Identification("none", 0.0)
     devanagari = _letters(_DEVANAGARI_LETTERS, text) / letters
-    latin = _letters(_LATIN_LETTERS, text) / letters
-    arabic = _letters(_ARABIC_LETTERS, text) / letters
-    tokens = [w.lower() for w in (tokens if tokens is not None else words(text))]
+    tokens = tokens if tokens is not None else words(text)
+
+    distinct = set(tokens)
 
     def hits(name: str) -> int:
+        """How many different words of the list the document uses."""
         listed = word_list(name)
-        return sum(token in listed for token in tokens)
+        if name in LATIN_LISTS:
+            return len(listed.intersection(map(str.lower, distinct)))
+        return len(listed.intersection(distinct))
 
+    # Counted only when needed: most documents are mostly Devanagari, which rules out the rest.
+    arabic = _letters(_ARABIC_LETTERS, text) / letters if devanagari < 0.7 else 0.0
+    latin = _letters(_LATIN_LETTERS, text) / letters if devanagari < 0.5 else 0.0
     if arabic >= 0.3:
         label = "ur"
     elif devanagari >= 0.5:
-        hindi = hits("stopwords_hi")
-        marathi, nepali = hits("markers_mr"), hits("markers_ne")
         # Marathi and Nepali share many Hindi words; their own markers must outnumber
         # half of the Hindi function words to count.
+        marathi, nepali = hits("markers_mr"), hits("markers_ne")
+        hindi = hits("stopwords_hi") if marathi >= 2 or nepali >= 2 else 0
         if marathi >= 2 and marathi * 2 > hindi and marathi >= nepali:
             label = "mr"
         elif nepali >= 2 and nepali * 2 > hindi:
@@ -89,4 +94,4 @@ def identify(text: str, tokens: list[str] | None = None) -> Identification:
         label = "hi-latn" if romanised >= 1 and romanised >= 0.5 * english else "en"
     else:
         label = "other"
-    return Identification(label, devanagari, latin, arabic)
+    return Identification(label, devanagari)

@@ -118,7 +118,8 @@ class Layout:
         self.report_md = self.output / "report.md"
         self.work = self.output / "work"
         self.logs = self.work / "logs"
-        self.excluded = self.work / "excluded"
+        self.excluded = self.work / "excluded"  # documents the dedup stages dropped
+        self.examples = self.work / "examples"  # the first few each filter dropped, by reason
         self.unreadable = self.work / "unreadable"
         self.filtered = self.work / "filtered"
         self.unique = self.work / "unique"
@@ -147,19 +148,24 @@ def build_stages(config: PrepareConfig) -> list[tuple[str, list, int]]:
     at = Layout(config.output)
 
     def excluded(step: str) -> JsonlWriter:
-        return JsonlWriter(str(at.excluded / step), output_filename="${rank}.jsonl.gz")
+        return JsonlWriter(str(at.excluded / step), output_filename="${rank}.jsonl.gz",
+                           adapter=steps.document_record)
 
     def writer(folder: Path) -> JsonlWriter:
-        return JsonlWriter(str(folder), output_filename="${rank}.jsonl.gz")
+        # Work folders are read once by the next stage: not worth compressing.
+        final = folder == at.documents
+        return JsonlWriter(str(folder), output_filename="${rank}.jsonl" + (".gz" if final else ""),
+                           compression="gzip" if final else None, adapter=steps.document_record)
 
+    examples = (str(at.examples), config.examples_per_reason)
     filtering = [
         steps.RawTextReader(files, config.source_options(), config.on_error, str(at.unreadable)),
-        steps.InputProblemsFilter(config.invalid_utf8, excluded("input")),
+        steps.InputProblemsFilter(config.invalid_utf8, *examples),
         steps.NormalizeText(),
-        steps.LanguageFilter(config.keep_labels(), excluded("language")),
-        steps.QualityFilter(config.thresholds(), excluded("quality")),
+        steps.LanguageFilter(config.keep_labels(), *examples),
+        steps.QualityFilter(config.thresholds(), *examples),
         steps.SafetyFilter(config.csam_lists, config.abusive_lists, config.max_abusive_share,
-                           config.min_abusive_words, config.abusive_action, excluded("safety")),
+                           config.min_abusive_words, config.abusive_action, *examples),
     ]
     if config.scrub_pii:
         filtering.append(steps.ScrubPII())

@@ -29,8 +29,9 @@ _STRAY_SIGN = re.compile(rf"(?<![\u0900-\u097f])[{_SIGNS}]|[{_VOWEL_SIGNS}\u094d
 # Avagraha, Om and the vowel ऋ standing alone between spaces/punctuation: used in place of
 # punctuation by the old fonts (ऋ alone is never a Hindi word).
 _LONE_GLYPH = re.compile(r"(?<![\u0900-\u097f])[\u093d\u0950\u090b](?![\u0900-\u097f])")
-_DIGIT = re.compile(r"[0-9\u0966-\u096f]")
-_SYMBOL_WORD = re.compile(r"^[#…]+$|\.\.\.$|…$")
+_DIGITS = re.compile(r"[0-9\u0966-\u096f]+")
+# A whitespace-separated word that is only "#"/"…" or ends in an ellipsis (Gopher's symbols).
+_SYMBOL_WORD = re.compile(r"(?<!\S)(?:[#…]+|\S*(?:\.\.\.|…))(?!\S)")
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class QualityThresholds:
     max_duplicate_line_ratio: float = 0.3  # Gopher: lines that repeat earlier lines
     max_duplicate_paragraph_ratio: float = 0.3
     ngram_min_words: int = 50  # the n-gram rules judge documents at least this long
-    # Gopher's n-gram rules: characters in the most frequent 2/3/4-gram, and in repeated 5..10-grams.
+    # Gopher's n-gram rules: characters in the most frequent 2/3/4-gram, and in repeated
+    # 5..10-grams.
     max_top_ngram_char_ratio: tuple[float, float, float] = (0.20, 0.18, 0.16)
     max_duplicate_ngram_char_ratio: tuple[float, ...] = (0.15, 0.14, 0.13, 0.12, 0.11, 0.10)
     max_legacy_font_damage: float = 0.02  # damage marks per word
@@ -66,9 +68,12 @@ def remove_boilerplate(text: str) -> tuple[str, int]:
     return cleaned.strip("\n"), removed
 
 
+_DAMAGE = re.compile(f"{_STRAY_SIGN.pattern}|{_LONE_GLYPH.pattern}")
+
+
 def legacy_font_damage(text: str) -> int:
     """How many marks of legacy-font conversion damage the text holds."""
-    return len(_STRAY_SIGN.findall(text)) + len(_LONE_GLYPH.findall(text))
+    return len(_DAMAGE.findall(text))
 
 
 def _duplicate_ratio(items: list[str]) -> float:
@@ -83,7 +88,7 @@ def _duplicate_ratio(items: list[str]) -> float:
 
 
 def _top_ngram_char_ratio(tokens: list[str], n: int) -> float:
-    ngrams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    ngrams = Counter(zip(*(tokens[i:] for i in range(n))))
     if not ngrams:
         return 0.0
     top, count = ngrams.most_common(1)[0]
@@ -95,13 +100,30 @@ def _top_ngram_char_ratio(tokens: list[str], n: int) -> float:
 def _duplicate_ngram_char_ratio(tokens: list[str], n: int) -> float:
     """Characters of words covered by an n-gram that occurred before (Gopher)."""
     seen, covered = set(), [False] * len(tokens)
-    for i in range(len(tokens) - n + 1):
-        gram = tuple(tokens[i:i + n])
+    for i, gram in enumerate(zip(*(tokens[i:] for i in range(n)))):
         if gram in seen:
             covered[i:i + n] = [True] * n
-        seen.add(gram)
+        else:
+            seen.add(gram)
     total = sum(map(len, tokens))
     return sum(len(t) for t, c in zip(tokens, covered) if c) / total if total else 0.0
+
+
+def _repeated_ngrams(tokens: list[str], limits: QualityThresholds) -> bool:
+    # A longer n-gram can only repeat where a shorter one does: stop at the first n with none.
+    for n, limit in zip((2, 3, 4), limits.max_top_ngram_char_ratio):
+        ratio = _top_ngram_char_ratio(tokens, n)
+        if ratio > limit:
+            return True
+        if ratio == 0:
+            return False
+    for n, limit in zip(range(5, 11), limits.max_duplicate_ngram_char_ratio):
+        ratio = _duplicate_ngram_char_ratio(tokens, n)
+        if ratio > limit:
+            return True
+        if ratio == 0:
+            return False
+    return False
 
 
 def quality_problem(text: str, tokens: list[str], language: str,
@@ -115,30 +137,27 @@ def quality_problem(text: str, tokens: list[str], language: str,
     mean_length = sum(map(len, tokens)) / count
     if not limits.min_mean_word_length <= mean_length <= limits.max_mean_word_length:
         return "mean_word_length"
-    if sum(bool(_SYMBOL_WORD.search(t)) for t in text.split()) / count > limits.max_symbol_word_ratio:
+    if len(_SYMBOL_WORD.findall(text)) / count > limits.max_symbol_word_ratio:
         return "symbols"
     non_space = len(text) - text.count(" ") - text.count("\n") - text.count("\t")
-    if non_space and len(_DIGIT.findall(text)) / non_space > limits.max_digit_ratio:
+    if non_space and sum(map(len, _DIGITS.findall(text))) / non_space > limits.max_digit_ratio:
         return "digits"
-    if sum(not t.isdigit() for t in tokens) / count < limits.min_alpha_word_ratio:
+    if 1 - sum(map(str.isdigit, tokens)) / count < limits.min_alpha_word_ratio:
         return "few_words_with_letters"
     if language == "hi":
         stop_words = word_list("stopwords_hi")
-        if sum(t in stop_words for t in tokens) < limits.min_stop_words:
+        if sum(map(stop_words.__contains__, tokens)) < limits.min_stop_words:
             return "no_stop_words"
-    lines = [line.strip() for line in text.split("\n") if line.strip()]
-    if len(lines) > 1 and _duplicate_ratio(lines) > limits.max_duplicate_line_ratio:
-        return "repeated_lines"
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    if len(paragraphs) > 1 and _duplicate_ratio(paragraphs) > limits.max_duplicate_paragraph_ratio:
-        return "repeated_paragraphs"
-    lowered = [t.lower() for t in tokens] if count >= limits.ngram_min_words else []
-    for n, limit in zip((2, 3, 4), limits.max_top_ngram_char_ratio):
-        if _top_ngram_char_ratio(lowered, n) > limit:
-            return "repeated_ngrams"
-    for n, limit in zip(range(5, 11), limits.max_duplicate_ngram_char_ratio):
-        if _duplicate_ngram_char_ratio(lowered, n) > limit:
-            return "repeated_ngrams"
+    if "\n" in text:
+        lines = [line.strip() for line in text.split("\n") if line.strip()]
+        if len(lines) > 1 and _duplicate_ratio(lines) > limits.max_duplicate_line_ratio:
+            return "repeated_lines"
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+        if (len(paragraphs) > 1
+                and _duplicate_ratio(paragraphs) > limits.max_duplicate_paragraph_ratio):
+            return "repeated_paragraphs"
+    if count >= limits.ngram_min_words and _repeated_ngrams([t.lower() for t in tokens], limits):
+        return "repeated_ngrams"
     if legacy_font_damage(text) / count > limits.max_legacy_font_damage:
         return "legacy_font"
     return None

@@ -14,15 +14,20 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+from hslm.data import steps
 from hslm.data.prepare import Layout
 from hslm.files import write_atomically
 
-# Excluded-document folders, in pipeline order, and the reason of documents that carry none.
-STEPS = (("input", "input problems"), ("language", "script and language"),
-         ("quality", "quality"), ("safety", "safety"),
-         ("exact_duplicates", "exact duplicates"), ("near_duplicates", "near duplicates"))
-DEFAULT_REASON = {"exact_duplicates": "exact_duplicate", "near_duplicates": "near_duplicate"}
-EXAMPLE_CHARS = 200
+# The filters, in pipeline order: (folder of examples, title, datatrove step name).
+FILTERS = (("input", "input problems", steps.InputProblemsFilter.name),
+           ("language", "script and language", steps.LanguageFilter.name),
+           ("quality", "quality", steps.QualityFilter.name),
+           ("safety", "safety", steps.SafetyFilter.name))
+# The dedup stages keep every document they drop: (folder, title, reason).
+DEDUP = (("exact_duplicates", "exact duplicates", "exact_duplicate"),
+         ("near_duplicates", "near duplicates", "near_duplicate"))
+TOTALS = ("documents", "input_files", "unreadable_files", "utf8_repaired",
+          "changed_by_normalisation", "boilerplate_lines_removed", "flagged_abusive")
 
 
 def _jsonl_documents(folder: Path) -> Iterator[dict]:
@@ -32,66 +37,90 @@ def _jsonl_documents(folder: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def _stage_counters(at: Layout) -> Counter:
-    """Every counter of every step of every stage, summed (names are distinct by design)."""
-    counters: Counter = Counter()
+def _step_stats(at: Layout) -> dict[str, Counter]:
+    """Each step's counters, summed over tasks, by step name."""
+    by_step: dict[str, Counter] = defaultdict(Counter)
     for stats_file in sorted(at.logs.glob("*/stats.json")):
         for step in json.loads(stats_file.read_text()):
+            name = step["name"].split(": ", 1)[-1]
             for key, value in step.get("stats", {}).items():
-                if isinstance(value, (int, float)) and key.startswith(
-                        ("documents", "input_files", "unreadable_files", "utf8_repaired",
-                         "changed_by_normalisation", "boilerplate_lines_removed", "pii_",
-                         "flagged_abusive")):
-                    counters[key] += value
-    return counters
+                # A counter updated once by N is stored as a summary: its total is the count.
+                value = value.get("total", 0) if isinstance(value, dict) else value
+                by_step[name][key] += value
+    return by_step
+
+
+def _filter_step(at: Layout, folder: str, title: str, counters: Counter,
+                 examples_per_reason: int) -> dict:
+    examples: dict[str, list] = defaultdict(list)
+    for path in sorted((at.examples / folder).glob("*.json")):
+        for reason, found in json.loads(path.read_text("utf-8")).items():
+            examples[reason] += found
+    reasons = {key.removeprefix("dropped_"): {
+        "documents": int(count), "characters": int(counters[f"dropped_chars_{key[8:]}"]),
+        "examples": examples[key[8:]][:examples_per_reason]}
+        for key, count in counters.items()
+        if key.startswith("dropped_") and not key.startswith("dropped_chars_")}
+    return {"step": folder, "title": title,
+            "kept_documents": int(counters["forwarded"]),
+            "kept_characters": int(counters["forwarded_chars"]),
+            "dropped_documents": sum(r["documents"] for r in reasons.values()),
+            "dropped_characters": sum(r["characters"] for r in reasons.values()),
+            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]["documents"]))}
+
+
+def _dedup_step(at: Layout, folder: str, title: str, reason: str,
+                examples_per_reason: int) -> dict:
+    entry = {"documents": 0, "characters": 0, "examples": []}
+    for doc in _jsonl_documents(at.excluded / folder):
+        text = doc.get("text", "")  # the writer leaves out empty text
+        entry["documents"] += 1
+        entry["characters"] += len(text)
+        if len(entry["examples"]) < examples_per_reason:
+            entry["examples"].append({"id": doc["id"], "text": text[:steps.EXAMPLE_CHARS]})
+    return {"step": folder, "title": title, "dropped_documents": entry["documents"],
+            "dropped_characters": entry["characters"],
+            "reasons": {reason: entry} if entry["documents"] else {}}
 
 
 def build_report(output: str | Path, examples_per_reason: int = 3) -> dict:
     at = Layout(output)
-    counters = _stage_counters(at)
-    steps = []
-    dropped_total = 0
-    for folder, title in STEPS:
-        reasons: dict[str, dict] = defaultdict(lambda: {"documents": 0, "characters": 0,
-                                                         "examples": []})
-        for doc in _jsonl_documents(at.excluded / folder):
-            reason = doc.get("metadata", {}).get("filter_reason") or DEFAULT_REASON[folder]
-            entry = reasons[reason]
-            entry["documents"] += 1
-            entry["characters"] += len(doc.get("text", ""))
-            if len(entry["examples"]) < examples_per_reason:
-                entry["examples"].append({"id": doc["id"], "text": doc.get("text", "")[:EXAMPLE_CHARS]})
-        dropped = sum(r["documents"] for r in reasons.values())
-        dropped_total += dropped
-        steps.append({"step": folder, "title": title, "dropped_documents": dropped,
-                      "dropped_characters": sum(r["characters"] for r in reasons.values()),
-                      "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]["documents"]))})
+    stats = _step_stats(at)
+    totals = Counter()
+    for counters in stats.values():
+        totals.update({key: value for key, value in counters.items()
+                       if key in TOTALS or key.startswith("pii_")})
+    report_steps = [_filter_step(at, folder, title, stats[name], examples_per_reason)
+                    for folder, title, name in FILTERS]
+    report_steps += [_dedup_step(at, folder, title, reason, examples_per_reason)
+                     for folder, title, reason in DEDUP]
     per_source: dict[str, dict] = defaultdict(lambda: {"documents": 0, "characters": 0})
     for doc in _jsonl_documents(at.documents):
         entry = per_source[doc.get("metadata", {}).get("source", "?")]
         entry["documents"] += 1
         entry["characters"] += len(doc.get("text", ""))
     kept = sum(s["documents"] for s in per_source.values())
-    read = int(counters["documents"])
+    read = int(totals["documents"])
     unreadable = [line for path in sorted(at.unreadable.glob("*.txt"))
                   for line in path.read_text("utf-8").splitlines() if line]
-    before_dedup = read - sum(s["dropped_documents"] for s in steps
-                              if not s["step"].endswith("duplicates"))
+    before_dedup = read - sum(s["dropped_documents"] for s in report_steps[:len(FILTERS)])
     return {
-        "input": {"files": int(counters["input_files"]), "documents": read,
-                  "unreadable_files": unreadable, "utf8_repaired": int(counters["utf8_repaired"]),
-                  "changed_by_normalisation": int(counters["changed_by_normalisation"]),
-                  "boilerplate_lines_removed": int(counters["boilerplate_lines_removed"])},
-        "steps": steps,
-        "pii": {key.removeprefix("pii_"): int(value) for key, value in sorted(counters.items())
+        "input": {"files": int(totals["input_files"]), "documents": read,
+                  "unreadable_files": unreadable, "utf8_repaired": int(totals["utf8_repaired"]),
+                  "changed_by_normalisation": int(totals["changed_by_normalisation"]),
+                  "boilerplate_lines_removed": int(totals["boilerplate_lines_removed"])},
+        "steps": report_steps,
+        "pii": {key.removeprefix("pii_"): int(value) for key, value in sorted(totals.items())
                 if key.startswith("pii_")},
-        "flagged_abusive": int(counters["flagged_abusive"]),
-        "dedup": {kind: {"dropped": step["dropped_documents"],
-                         "rate": step["dropped_documents"] / before_dedup if before_dedup else 0.0}
-                  for step in steps for kind in [step["step"]] if kind.endswith("duplicates")},
-        "output": {"documents": kept, "characters": sum(s["characters"] for s in per_source.values()),
+        "flagged_abusive": int(totals["flagged_abusive"]),
+        "dedup": {step["step"]: {"dropped": step["dropped_documents"],
+                                 "rate": step["dropped_documents"] / before_dedup
+                                 if before_dedup else 0.0}
+                  for step in report_steps[len(FILTERS):]},
+        "output": {"documents": kept,
+                   "characters": sum(s["characters"] for s in per_source.values()),
                    "per_source": dict(sorted(per_source.items()))},
-        "accounted": read == kept + dropped_total,
+        "accounted": read == kept + sum(s["dropped_documents"] for s in report_steps),
     }
 
 
@@ -122,7 +151,8 @@ def render_markdown(report: dict) -> str:
                 text = example["text"].replace("\n", " ⏎ ").replace("|", "\\|")
                 lines.append(f"- **{reason}** (`{example['id']}`): {text}")
     lines += ["", "## PII replaced", "", "| type | count |", "|---|---:|"]
-    lines += [f"| {kind} | {count:,} |" for kind, count in report["pii"].items()] or ["| none | 0 |"]
+    lines += ([f"| {kind} | {count:,} |" for kind, count in report["pii"].items()]
+              or ["| none | 0 |"])
     lines += ["", "## Deduplication", "", "| kind | dropped | rate |", "|---|---:|---:|"]
     lines += [f"| {kind} | {entry['dropped']:,} | {entry['rate']:.2%} |"
               for kind, entry in report["dedup"].items()]

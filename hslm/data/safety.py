@@ -50,7 +50,9 @@ class SafetyLists:
     def has_csam_term(self, text: str) -> bool:
         return self.csam.search(text) is not None
 
-    def abusive_share(self, lowered_words: list[str]) -> tuple[int, float]:
-        """(count, share) of the words that are on the abusive list."""
-        count = sum(word in self.abusive for word in lowered_words)
-        return count, count / len(lowered_words) if lowered_words else 0.0
+    def abusive_share(self, words: list[str]) -> tuple[int, float]:
+        """(count, share) of the words that are on the abusive list, case aside."""
+        if not words or self.abusive.isdisjoint(map(str.lower, words)):
+            return 0, 0.0
+        count = sum(word.lower() in self.abusive for word in words)
+        return count, count / len(words)

@@ -19,6 +19,7 @@ import bz2
 import csv
 import glob
 import gzip
+import io
 import json
 import lzma
 import sys
@@ -98,7 +99,8 @@ def open_binary(path: Path, compression: str):
         except ImportError:
             raise SourceError(f"{path}: reading .zst needs the zstandard package "
                               "(pip install 'hslm[data]')") from None
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+        # The stream reader cannot iterate lines; a buffer over it can.
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
     return open(path, "rb")
 
 
@@ -210,7 +212,8 @@ def _parquet_documents(path: Path, options: SourceOptions) -> Iterator[RawDocume
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise SourceError(f"{path}: reading Parquet needs pyarrow (pip install 'hslm[data]')") from None
+        raise SourceError(f"{path}: reading Parquet needs pyarrow "
+                          "(pip install 'hslm[data]')") from None
     table = pq.ParquetFile(path)
     if options.text_column not in table.schema_arrow.names:
         raise SourceError(f"{path}: no column {options.text_column!r} "

@@ -7,13 +7,13 @@ forwards and drops (by reason), which the report reads back.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers import JsonlReader
-from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from hslm.data import language, pii, quality
@@ -22,6 +22,7 @@ from hslm.data.sources import SourceError, SourceOptions, read_documents
 from hslm.normalize import normalize
 
 ON_ERROR = ("skip", "stop")
+EXAMPLE_CHARS = 200  # of each example document kept for the report
 INVALID_UTF8 = ("repair", "drop")
 
 
@@ -38,7 +39,8 @@ class RawTextReader(PipelineStep):
         self.on_error = on_error
         self.error_folder = Path(error_folder)
 
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+    def run(self, data: DocumentsPipeline = None, rank: int = 0,
+            world_size: int = 1) -> DocumentsPipeline:
         errors = []
         for path in self.files[rank::world_size]:
             self.stat_update("input_files")
@@ -58,7 +60,8 @@ class RawTextReader(PipelineStep):
                 errors.append(str(err))
         # The report lists every skipped file by name (stats only count them).
         self.error_folder.mkdir(parents=True, exist_ok=True)
-        (self.error_folder / f"{rank:05d}.txt").write_text("".join(e + "\n" for e in errors), "utf-8")
+        (self.error_folder / f"{rank:05d}.txt").write_text("".join(e + "\n" for e in errors),
+                                                          "utf-8")
 
 
 class RankFileReader(JsonlReader):
@@ -67,28 +70,93 @@ class RankFileReader(JsonlReader):
 
     name = "📖 stage output"
 
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        name = f"{rank:05d}.jsonl.gz"
+    def __init__(self, folder: str):
+        super().__init__(folder, add_file_path=False)  # the work folder is no one's business
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0,
+            world_size: int = 1) -> DocumentsPipeline:
+        name = f"{rank:05d}.jsonl"
         if self.data_folder.exists(name):
-            for document in self.read_file(name):
-                yield document
+            yield from self.read_file(name)
 
 
-class InputProblemsFilter(BaseFilter):
+_last_words: tuple[str | None, list[str]] = (None, [])
+
+
+def words_of(text: str) -> list[str]:
+    """The words of `text`. The filters run one after another on each document, so a
+    one-entry cache (keyed by the string object itself) saves splitting it three times."""
+    global _last_words
+    if _last_words[0] is not text:
+        _last_words = (text, language.words(text))
+    return _last_words[1]
+
+
+def document_record(writer, document: Document) -> dict:
+    """What a JsonlWriter writes for a document (datatrove's default deep-copies it first)."""
+    record = {"text": document.text, "id": document.id}
+    if document.metadata:
+        record["metadata"] = document.metadata
+    return record
+
+
+class CountingFilter(PipelineStep):
+    """A filter whose bookkeeping is per task, not per document: counts and characters kept
+    and dropped by reason go to datatrove's stats once at the end, and the first few dropped
+    documents of each reason to EXAMPLES/<step>/<rank>.json for the report. (datatrove's
+    BaseFilter updates several running statistics per document, which cost more than the
+    Hindi rules themselves.)"""
+
+    type = "🔻 - FILTER"
+    step = ""  # folder name of the examples
+
+    def __init__(self, examples_folder: str, examples_per_reason: int):
+        super().__init__()
+        self.examples_folder = Path(examples_folder)
+        self.examples_per_reason = examples_per_reason
+
+    def check(self, doc: Document) -> str | None:
+        """The reason to drop the document, or None to keep it (may annotate its metadata)."""
+        raise NotImplementedError
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: Counter = Counter()
+        examples: dict[str, list] = {}
+        for doc in data:
+            reason = self.check(doc)
+            if reason is None:
+                counts["forwarded"] += 1
+                counts["forwarded_chars"] += len(doc.text)
+                yield doc
+                continue
+            counts[f"dropped_{reason}"] += 1
+            counts[f"dropped_chars_{reason}"] += len(doc.text)
+            kept_examples = examples.setdefault(reason, [])
+            if len(kept_examples) < self.examples_per_reason:
+                kept_examples.append({"id": doc.id, "text": doc.text[:EXAMPLE_CHARS]})
+        for key, value in counts.items():
+            self.stat_update(key, value=value)
+        folder = self.examples_folder / self.step
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{rank:05d}.json").write_text(json.dumps(examples, ensure_ascii=False), "utf-8")
+
+
+class InputProblemsFilter(CountingFilter):
     name = "🚧 input problems"
+    step = "input"
 
-    def __init__(self, invalid_utf8: str, exclusion_writer: DiskWriter | None = None):
-        super().__init__(exclusion_writer)
+    def __init__(self, invalid_utf8: str, examples_folder: str, examples_per_reason: int):
+        super().__init__(examples_folder, examples_per_reason)
         self.invalid_utf8 = invalid_utf8
 
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+    def check(self, doc: Document) -> str | None:
         if doc.metadata.get("too_long"):
-            return False, "too_long"
+            return "too_long"
         if doc.metadata.get("repaired_utf8"):
             if self.invalid_utf8 == "drop":
-                return False, "invalid_utf8"
+                return "invalid_utf8"
             self.stat_update("utf8_repaired")
-        return True
+        return None
 
 
 class NormalizeText(PipelineStep):
@@ -98,67 +166,68 @@ class NormalizeText(PipelineStep):
     type = "✂️ - FORMAT"
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: Counter = Counter()
         for doc in data:
-            with self.track_time():
-                normalized = normalize(doc.text)
-                changed = normalized != doc.text
-                doc.text, removed = quality.remove_boilerplate(normalized)
-            self.stat_update("total")
-            if changed:
-                self.stat_update("changed_by_normalisation")
-            if removed:
-                self.stat_update("boilerplate_lines_removed", value=removed)
+            normalized = normalize(doc.text)
+            counts["changed_by_normalisation"] += normalized != doc.text
+            doc.text, removed = quality.remove_boilerplate(normalized)
+            counts["boilerplate_lines_removed"] += removed
             yield doc
+        for key, value in counts.items():
+            self.stat_update(key, value=value)
 
 
-class LanguageFilter(BaseFilter):
+class LanguageFilter(CountingFilter):
     name = "🌐 script and language"
+    step = "language"
 
-    def __init__(self, keep: tuple[str, ...], exclusion_writer: DiskWriter | None = None):
-        super().__init__(exclusion_writer)
+    def __init__(self, keep: tuple[str, ...], examples_folder: str, examples_per_reason: int):
+        super().__init__(examples_folder, examples_per_reason)
         self.keep = keep
 
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        found = language.identify(doc.text)
+    def check(self, doc: Document) -> str | None:
+        found = language.identify(doc.text, words_of(doc.text))
         doc.metadata["language"] = found.label
-        return True if found.label in self.keep else (False, f"language_{found.label}")
+        return None if found.label in self.keep else f"language_{found.label}"
 
 
-class QualityFilter(BaseFilter):
+class QualityFilter(CountingFilter):
     name = "🥇 quality"
+    step = "quality"
 
-    def __init__(self, limits: quality.QualityThresholds, exclusion_writer: DiskWriter | None = None):
-        super().__init__(exclusion_writer)
+    def __init__(self, limits: quality.QualityThresholds, examples_folder: str,
+                 examples_per_reason: int):
+        super().__init__(examples_folder, examples_per_reason)
         self.limits = limits
 
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        problem = quality.quality_problem(doc.text, language.words(doc.text),
-                                          doc.metadata.get("language", "hi"), self.limits)
-        return True if problem is None else (False, problem)
+    def check(self, doc: Document) -> str | None:
+        return quality.quality_problem(doc.text, words_of(doc.text),
+                                       doc.metadata.get("language", "hi"), self.limits)
 
 
-class SafetyFilter(BaseFilter):
+class SafetyFilter(CountingFilter):
     name = "🛡 safety"
+    step = "safety"
 
     def __init__(self, extra_csam: list[str], extra_abusive: list[str], max_abusive_share: float,
-                 min_abusive_words: int, abusive_action: str,
-                 exclusion_writer: DiskWriter | None = None):
-        super().__init__(exclusion_writer)
+                 min_abusive_words: int, abusive_action: str, examples_folder: str,
+                 examples_per_reason: int):
+        super().__init__(examples_folder, examples_per_reason)
         self.lists = SafetyLists.load(extra_csam, extra_abusive)
         self.max_abusive_share = max_abusive_share
         self.min_abusive_words = min_abusive_words
         self.abusive_action = abusive_action
 
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+    def check(self, doc: Document) -> str | None:
         if self.lists.has_csam_term(doc.text):
-            return False, "csam"
-        count, share = self.lists.abusive_share([w.lower() for w in language.words(doc.text)])
+            return "csam"
+        count, share = self.lists.abusive_share(words_of(doc.text))
         if count >= self.min_abusive_words and share > self.max_abusive_share:
             if self.abusive_action == "drop":
-                return False, "abusive"
+                return "abusive"
             doc.metadata["abusive"] = True
             self.stat_update("flagged_abusive")
-        return True
+        return None
 
 
 class ScrubPII(PipelineStep):
@@ -166,13 +235,13 @@ class ScrubPII(PipelineStep):
     type = "✂️ - FORMAT"
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: Counter = Counter()
         for doc in data:
-            with self.track_time():
-                doc.text, counts = pii.scrub(doc.text)
-            self.stat_update("total")
-            for kind, count in counts.items():
-                self.stat_update(f"pii_{kind}", value=count)
+            doc.text, found = pii.scrub(doc.text)
+            counts.update(found)
             yield doc
+        for kind, count in counts.items():
+            self.stat_update(f"pii_{kind}", value=count)
 
 
 def exact_key(doc: Document) -> bytes:
