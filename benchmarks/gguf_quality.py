@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from hslm.export.gguf import write_gguf
+from hslm.parity import compare_logits
 from hslm.quant.llama_cpp import quantize_gguf
 from hslm.runtime.llama_cpp import load_gguf
 from hslm.runtime.torch import load_torch_model
@@ -29,21 +30,6 @@ from hslm.tokenizer import read_lines
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 TYPES = ("q8_0", "q4_0", "iq4_nl")
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def compare(reference: np.ndarray, other: np.ndarray, targets: np.ndarray) -> dict:
-    p_log, q_log = log_softmax(reference), log_softmax(other)
-    kl = (np.exp(p_log) * (p_log - q_log)).sum(-1)
-    rows = np.arange(len(targets))
-    return {"top1": float((reference.argmax(-1) == other.argmax(-1)).mean()),
-            "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)),
-            "ppl": float(np.exp(-q_log[rows, targets].mean())),
-            "ppl_reference": float(np.exp(-p_log[rows, targets].mean()))}
 
 
 def main() -> None:
@@ -72,7 +58,7 @@ def main() -> None:
                 f32, Path(work) / f"model-{out_type}.gguf", out_type).path
             source, _ = load_gguf(path, all_logits=True)
             theirs = np.concatenate([source.all_logits(w)[:-1] for w in windows])
-            rows[out_type] = {**compare(reference, theirs, targets),
+            rows[out_type] = {**compare_logits(reference, theirs, targets),
                               "mb": path.stat().st_size / 1e6}
             print(out_type, rows[out_type], flush=True)
     report = {"benchmark": "gguf_quality", "model": str(args.model),

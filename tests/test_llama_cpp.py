@@ -12,18 +12,9 @@ from hslm.generate import Generation, SamplingParams, generate_ids, stream
 from hslm.model import Gemma3
 from hslm.quant.llama_cpp import QuantizeError, quantize_gguf
 from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
+from hslm.parity import kl_divergence
 from model_factory import briefly_trained_model, perturb_norms
 
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def kl_divergence(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
-    p_log, q_log = log_softmax(reference), log_softmax(other)
-    return (np.exp(p_log) * (p_log - q_log)).sum(-1)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ tokenizer does before llama.cpp tokenizes it; its tokenizer then gives the same 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +21,33 @@ import torch
 from hslm.normalize import normalize
 
 _BYTE_PIECE_LENGTH = len("<0x00>")
+
+
+@contextlib.contextmanager
+def _plain_cpu_buffers():
+    """On CPUs with AMX, load without llama.cpp's extra CPU buffer types (AMX tiles,
+    repacked weights): with them, llama-cpp-python 0.3.36 built for such a CPU crashes
+    (segmentation fault) in batched matrix products of small models at q8_0, iq4_nl and f16.
+    llama-cpp-python has no parameter for `use_extra_bufts`, so its default-parameters
+    factory is wrapped while the model loads."""
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
+        yield
+        return
+    defaults = llama_module.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = defaults
 
 
 class GGUFLoadError(ValueError):
@@ -116,8 +144,9 @@ def load_gguf(path: str | Path, threads: int | None = None, context_length: int 
     if n_ctx > trained_context:
         raise GGUFLoadError(f"a context of {n_ctx} is longer than the model's {trained_context}")
     try:
-        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
-                    logits_all=all_logits, type_k=0, type_v=0, verbose=False)
+        with _plain_cpu_buffers():
+            llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
+                        logits_all=all_logits, type_k=0, type_v=0, verbose=False)
     except ValueError as err:  # llama-cpp-python's error for a file llama.cpp refused
         raise GGUFLoadError(f"llama.cpp cannot load {path}: {err}") from None
     return LlamaCppLogits(llm), GGUFTokenizer(llm, path)
