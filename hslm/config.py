@@ -178,6 +178,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "hindi-270m": {},
     # Google's original shape, so its released weights can be imported.
     "gemma3-270m": {"vocab_size": 262_144, "context_length": 32_768},
+    # Larger Gemma 3 shapes with the Hindi vocabulary, for the size sweep of hslm-bench.
+    "hindi-1b": {"hidden_size": 1152, "n_layers": 26, "n_heads": 4, "n_kv_heads": 1,
+                 "ffn_size": 6912},
+    "hindi-4b": {"hidden_size": 2560, "n_layers": 34, "n_heads": 8, "n_kv_heads": 4,
+                 "ffn_size": 10240},
     # A few-MB model for tests and CPU demos; both layer types, window shorter than test sequences.
     "tiny": {
         "vocab_size": 8_000, "context_length": 256, "n_layers": 4, "hidden_size": 64,

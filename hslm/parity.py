@@ -88,31 +88,22 @@ class Artifact:
     tokenizer: object
 
 
-GGUF_TYPES = {"ALL_F32": "f32", "MOSTLY_F16": "f16", "MOSTLY_BF16": "bf16",
-              "MOSTLY_Q8_0": "q8_0", "MOSTLY_Q4_0": "q4", "MOSTLY_IQ4_NL": "q4",
-              "MOSTLY_Q4_K_M": "q4"}
-
-
 class ParityError(ValueError):
     """An artifact that cannot be opened or compared (message says why)."""
 
 
 def open_artifact(path: str | Path, threads: int | None = None) -> Artifact:
-    import gguf
-
-    from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
+    from hslm.runtime.engine import is_gguf
+    from hslm.runtime.llama_cpp import GGUFLoadError, gguf_summary, load_gguf
 
     path = Path(path)
-    if path.is_file() and path.read_bytes()[:4] == b"GGUF":
+    if is_gguf(path):
         try:
-            reader = gguf.GGUFReader(path)
-            file_type = gguf.LlamaFileType(int(reader.fields["general.file_type"].parts[-1][0]))
+            file_type, _ = gguf_summary(path)
             source, tokenizer = load_gguf(path, threads=threads, all_logits=True)
-        except (GGUFLoadError, KeyError, ValueError) as err:
-            raise ParityError(f"{path}: {err}") from None
-        if file_type.name not in GGUF_TYPES:
-            raise ParityError(f"{path}: no parity limits for GGUF type {file_type.name}")
-        return Artifact(path, "gguf", GGUF_TYPES[file_type.name], source, tokenizer)
+        except GGUFLoadError as err:
+            raise ParityError(str(err)) from None
+        return Artifact(path, "gguf", file_type, source, tokenizer)
     raise ParityError(f"{path} is not an exported model hslm knows (a GGUF file)")
 
 

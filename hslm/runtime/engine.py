@@ -27,11 +27,12 @@ from hslm.tokenizer import render_chat
 GGUF_MAGIC = b"GGUF"
 
 
-def _starts_with(path: Path, magic: bytes) -> bool:
+def is_gguf(path: Path) -> bool:
+    """A GGUF file, by its magic bytes (whatever its name)."""
     if not path.is_file():
         return False
     with open(path, "rb") as file:
-        return file.read(len(magic)) == magic
+        return file.read(len(GGUF_MAGIC)) == GGUF_MAGIC
 
 
 class RuntimeLoadError(ValueError):
@@ -92,7 +93,7 @@ def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32"
     path = Path(path)
     if not path.exists():
         raise RuntimeLoadError(f"model not found: {path}")
-    if path.suffix == ".gguf" or _starts_with(path, GGUF_MAGIC):
+    if path.suffix == ".gguf" or is_gguf(path):
         from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
 
         try:

@@ -50,6 +50,24 @@ def _plain_cpu_buffers():
         llama_module.llama_cpp.llama_model_default_params = defaults
 
 
+# llama.cpp's file types by the names hslm gives them (q4 covers every 4-bit type).
+FILE_TYPES = {"ALL_F32": "f32", "MOSTLY_F16": "f16", "MOSTLY_BF16": "bf16",
+              "MOSTLY_Q8_0": "q8_0", "MOSTLY_Q4_0": "q4", "MOSTLY_IQ4_NL": "q4",
+              "MOSTLY_Q4_K_M": "q4"}
+
+
+def gguf_summary(path: str | Path) -> tuple[str, int]:
+    """(hslm's name of the file's type, bytes of all its tensors). Raises GGUFLoadError."""
+    try:
+        reader = gguf.GGUFReader(path)
+        file_type = gguf.LlamaFileType(int(reader.fields["general.file_type"].parts[-1][0]))
+    except (KeyError, ValueError, OSError) as err:
+        raise GGUFLoadError(f"{path} is not a readable hslm GGUF file: {err}") from None
+    if file_type.name not in FILE_TYPES:
+        raise GGUFLoadError(f"{path}: hslm has no name for GGUF type {file_type.name}")
+    return FILE_TYPES[file_type.name], sum(int(t.n_bytes) for t in reader.tensors)
+
+
 class GGUFLoadError(ValueError):
     """A file llama.cpp cannot run as an hslm model (message says why)."""
 
