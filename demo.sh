@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline on a CPU with the bundled sample text (data/sample/), in about three
+# The whole pipeline on a CPU with the bundled sample text (data/sample/), in about five
 # minutes on 2 cores. Each stage is one hslm command; outputs go under runs/demo/ (override
 # with HSLM_RUN_DIR).
 set -euo pipefail
@@ -25,7 +25,18 @@ hslm-model info "$run_dir/train/model"
 echo "== 4. generate: stream text from the trained model"
 hslm-generate "$run_dir/train/model" --prompt "भारत की राजधानी" --max-new-tokens 40 --seed 0
 
-echo "== 5. export: 4-bit GGUF for llama.cpp (+ Ollama Modelfile), then generate with it"
-hslm-export "$run_dir/train/model" --gguf q4 --output "$run_dir/model-q4.gguf" --ollama \
-  2>"$run_dir/quantize.log"
+echo "== 5. export: GGUF for llama.cpp in f16, q8_0 and 4-bit (+ Ollama Modelfile)"
+for type in f16 q8_0 q4; do
+  hslm-export "$run_dir/train/model" --gguf "$type" --output "$run_dir/model-$type.gguf" \
+    --ollama 2>>"$run_dir/quantize.log"
+done
 hslm-generate --gguf "$run_dir/model-q4.gguf" --prompt "भारत की राजधानी" --max-new-tokens 40 --seed 0
+
+echo "== 6. parity: every export against the PyTorch model on real Hindi text"
+hslm-parity "$run_dir/train/model" "$run_dir"/model-{f16,q8_0,q4}.gguf \
+  --text data/sample --output "$run_dir/report/parity"
+
+echo "== 7. bench: speed, latency, memory (and energy where measurable) of every backend"
+hslm-bench "$run_dir/train/model" "$run_dir"/model-{f16,q8_0,q4}.gguf --repeat 3 \
+  --n-prompt 128 --n-gen 64 --output "$run_dir/report/bench"
+echo "== done: reports in $run_dir/report/ (parity/parity.md, bench/bench.md)"
