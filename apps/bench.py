@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-gen", type=int, default=128, help="tg generated tokens (128)")
     parser.add_argument("--no-agent", action="store_true", help="skip the agent request")
     parser.add_argument("--compile", action="store_true",
-                        help="also run model folders with torch.compile")
+                        help="also run model folders with torch.compile (slow to start: "
+                             "decoding recompiles for each sliding-window ring position until "
+                             "torch's recompile limit, then runs those steps eagerly)")
     parser.add_argument("--sizes", nargs="*", default=[], choices=SIZE_PRESETS,
                         help="also random-weight q4 GGUF models of these Gemma 3 shapes "
                              "(needs --tokenizer; hindi-4b needs ~14 GB of memory to build)")
