@@ -4,16 +4,23 @@ sliding window, left padding), the folder describes itself, the command reports 
 from __future__ import annotations
 
 import json
+import shutil
 
+import jsonschema
 import numpy as np
 import onnx
 import pytest
 import torch
 
+from hslm.export.hf import save_hf
 from hslm.export.onnx import GENAI_CONFIG_FILE, MODEL_FILE, export_onnx, io_names
+from hslm.generate import SamplingParams, TorchLogits, generate
+from hslm.runtime import Runtime, RuntimeLoadError, load
+from hslm.runtime.onnx import OnnxLoadError, load_onnx
 from hslm.tokenizer import CHAT_TEMPLATE, HF_CONFIG_FILE, HF_TOKENIZER_FILE
 from hslm.tokenizer import MODEL_FILE as TOKENIZER_MODEL_FILE
-from model_factory import WINDOW, left_padded_batch, make_config, make_model
+from model_factory import (WINDOW, briefly_trained_model, left_padded_batch, make_config,
+                           make_model)
 
 ort = pytest.importorskip("onnxruntime")
 TOL = 1e-4
@@ -90,3 +97,149 @@ def test_hf_tokenizer_in_the_folder_prepends_bos(exported, trained_tokenizer):
     text = "भारत की राजधानी नई दिल्ली है।"
     hf = HFTokenizer.from_file(str(folder / HF_TOKENIZER_FILE))
     assert hf.encode(text).ids == trained_tokenizer.encode(text, add_bos=True)
+
+
+# ---------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def trained(trained_tokenizer, hindi_data_dir, tmp_path_factory):
+    """A briefly trained model, its model folder, and its fp32 ONNX folder."""
+    model = briefly_trained_model(trained_tokenizer, hindi_data_dir)
+    root = tmp_path_factory.mktemp("onnx-trained")
+    save_hf(model, root / "model", tokenizer=trained_tokenizer)
+    export_onnx(model, trained_tokenizer, root / "fp32")
+    return model, root
+
+
+@pytest.fixture(scope="module")
+def int4_folder(trained):
+    """The int4 folder, written by the command."""
+    from hslm.apps.export import main
+
+    _, root = trained
+    main([str(root / "model"), "--onnx", "int4", "--output", str(root / "int4")])
+    return root / "int4"
+
+
+def test_export_command_writes_a_loadable_int4_folder(int4_folder, capsys):
+    graph = onnx.load(int4_folder / MODEL_FILE)
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and "FusedMatMul" not in ops
+    assert (int4_folder / GENAI_CONFIG_FILE).is_file() and (int4_folder / HF_TOKENIZER_FILE).is_file()
+    assert not [p for p in int4_folder.iterdir() if p.is_dir()]  # no scratch left behind
+    assert load(int4_folder).backend == "onnx"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{model}", "--onnx", "int3"], "invalid choice"),
+    (["{model}", "--onnx", "fp32", "--output", "{file}/sub"], "not a writable folder"),
+    (["{model}", "--onnx", "fp32", "--output", "{file}"], "is a file"),
+    (["{no_tokenizer}", "--onnx", "fp32"], "tokenizer not found"),
+])
+def test_export_command_reports_mistakes(trained, tmp_path, capsys, argv, message):
+    from hslm.apps.export import main
+
+    _, root = trained
+    (tmp_path / "file").write_text("x")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(root / "model" / name, no_tokenizer / name)
+    argv = [a.format(model=root / "model", file=tmp_path / "file", no_tokenizer=no_tokenizer)
+            for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- ONNX Runtime backend
+def test_greedy_tokens_equal_pytorch(trained, trained_tokenizer):
+    model, root = trained
+    prompt = trained_tokenizer.encode("एक दिन राजा ने अपने मंत्री से कहा कि", add_bos=True)
+    params = SamplingParams(max_new_tokens=48, temperature=0)  # well past the window of 16
+    ours = Runtime("torch", TorchLogits(model), trained_tokenizer, "torch").generate(prompt, params)
+    theirs = load(root / "fp32", threads=1).generate(prompt, params)
+    assert len(ours.token_ids) > 2 * WINDOW
+    assert theirs.token_ids == ours.token_ids and theirs.text == ours.text
+
+
+def test_guided_greedy_json_is_identical_on_torch_and_onnx(trained, trained_tokenizer):
+    model, root = trained
+    schema = {"type": "object", "additionalProperties": False, "required": ["नाम", "शहर"],
+              "properties": {"नाम": {"type": "string", "maxLength": 12},
+                             "शहर": {"type": "string", "minLength": 1, "maxLength": 10}}}
+    prompt = [{"role": "user", "content": "अपना नाम और शहर बताइए"}]
+    params = SamplingParams(max_new_tokens=60, temperature=0)
+    ours = Runtime("torch", TorchLogits(model), trained_tokenizer, "torch").chat(
+        prompt, params, json_schema=schema)
+    theirs = load(root / "fp32", threads=1).chat(prompt, params, json_schema=schema)
+    assert theirs.token_ids == ours.token_ids
+    jsonschema.validate(json.loads(theirs.text), schema)
+
+
+def test_generate_command_runs_an_onnx_folder(trained, trained_tokenizer, capsys):
+    from hslm.apps.generate import main
+
+    model, root = trained
+    main(["--onnx", str(root / "fp32"), "--prompt", "भारत की राजधानी", "--temperature", "0",
+          "--max-new-tokens", "20"])
+    expected = generate(model, trained_tokenizer, "भारत की राजधानी",
+                        SamplingParams(max_new_tokens=20, temperature=0, repetition_penalty=1.1))
+    assert capsys.readouterr().out == expected.text + "\n"
+
+
+def _other_tokenizer(folder, hindi_data_dir, tmp_path):
+    from hslm.tokenizer import train_tokenizer
+
+    text = (hindi_data_dir / "news_headlines_bbc_hindi.txt").read_text("utf-8")[:100_000]
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    train_tokenizer([tmp_path / "text.txt"], tmp_path / "other", vocab_size=600)
+    shutil.copy(tmp_path / "other" / TOKENIZER_MODEL_FILE, folder / TOKENIZER_MODEL_FILE)
+
+
+def _set_metadata(folder, key, value):
+    graph = onnx.load(folder / MODEL_FILE)
+    props = {p.key: p.value for p in graph.metadata_props}
+    del graph.metadata_props[:]
+    if value is not None:
+        props[key] = value
+    else:
+        props = {}
+    onnx.helper.set_model_props(graph, props)
+    onnx.save_model(graph, folder / MODEL_FILE)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no graph", "no model.onnx"),
+    ("no tokenizer", "no usable tokenizer"),
+    ("another model's tokenizer", "not the one"),
+    ("another hslm version", "exported by hslm 0.0.1"),
+    ("no hslm metadata", "not exported by hslm"),
+])
+def test_bad_folders_are_refused_clearly(trained, hindi_data_dir, tmp_path, damage, message):
+    _, root = trained
+    folder = tmp_path / "onnx"
+    shutil.copytree(root / "fp32", folder)
+    if damage == "no graph":
+        (folder / MODEL_FILE).unlink()
+    elif damage == "no tokenizer":
+        (folder / TOKENIZER_MODEL_FILE).unlink()
+    elif damage == "another model's tokenizer":
+        _other_tokenizer(folder, hindi_data_dir, tmp_path)
+    elif damage == "another hslm version":
+        _set_metadata(folder, "hslm.version", "0.0.1")
+    else:
+        _set_metadata(folder, None, None)
+    with pytest.raises(RuntimeLoadError, match=message):
+        load(folder)
+
+
+def test_context_longer_than_the_models_is_refused(trained):
+    model, root = trained
+    folder = root / "fp32"
+    with pytest.raises(OnnxLoadError, match="longer than the model's"):
+        load_onnx(folder, context_length=model.config.context_length + 1)
+    source, _ = load_onnx(folder, context_length=8)
+    with pytest.raises(ValueError, match="longer than the context"):
+        source.feed(list(range(3, 12)))
