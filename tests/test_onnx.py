@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -298,3 +300,39 @@ def test_onnxruntime_genai_runs_the_int4_folder_like_our_loop(int4_folder, train
                              SamplingParams(max_new_tokens=new_tokens, temperature=0), stops))
     assert len(ours) > 2 * WINDOW
     assert theirs == ours
+
+
+# ---------------------------------------------------------------- onnxruntime-web
+ORT_WEB_VERSION = "1.30.0"
+WEB_SCRIPT = Path(__file__).parent / "web" / "next_token.mjs"
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_web(tmp_path_factory):
+    """A folder with onnxruntime-web installed from npm and the Node script beside it (Node
+    resolves the package from the script's folder)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed to run onnxruntime-web")
+    folder = tmp_path_factory.mktemp("onnxruntime-web")
+    done = subprocess.run(["npm", "install", "--prefix", str(folder),
+                           f"onnxruntime-web@{ORT_WEB_VERSION}", "--no-audit", "--no-fund",
+                           "--loglevel=error"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"npm could not install onnxruntime-web: {done.stderr[-500:]}"
+    shutil.copy(WEB_SCRIPT, folder / WEB_SCRIPT.name)
+    return folder / WEB_SCRIPT.name
+
+
+def test_onnxruntime_web_predicts_the_same_next_token(onnxruntime_web, int4_folder):
+    source, tokenizer = load_onnx(int4_folder, threads=1)
+    ids = tokenizer.encode("भारत की राजधानी नई दिल्ली है और", add_bos=True)
+    config = source.config
+    spec = {"ids": ids, "layers": config.n_layers, "kvHeads": config.n_kv_heads,
+            "headDim": config.head_dim}
+    done = subprocess.run(["node", str(onnxruntime_web), str(int4_folder / MODEL_FILE),
+                           json.dumps(spec)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1000:]
+    web = json.loads(done.stdout)
+    ours = source.all_logits(ids)[-1]
+    assert web["argmax"] == int(ours.argmax())
+    # The WASM kernels round differently (measured 7e-3 on these logits).
+    assert np.abs(np.array(web["logits"]) - ours[:8]).max() < 0.05
