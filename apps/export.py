@@ -110,7 +110,10 @@ def export_onnx_folder(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        export_onnx_folder(args) if args.onnx else export_gguf(args)
+        if args.onnx:
+            export_onnx_folder(args)
+        else:
+            export_gguf(args)
     except UsageError as err:
         fail(str(err))
 

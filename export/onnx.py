@@ -18,6 +18,7 @@ tokenizer.json with a post-processor that prepends <bos>, tokenizer_config.json)
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def metadata(model: Gemma3, tokenizer) -> dict[str, str]:
     return {META_PREFIX + key: str(value) for key, value in values.items()}
 
 
-def genai_config(model: Gemma3, tokenizer, model_file: str = MODEL_FILE) -> dict:
+def genai_config(model: Gemma3, tokenizer) -> dict:
     """onnxruntime-genai's description of the folder (its model builder's layout)."""
     cfg = model.config
     return {
@@ -112,7 +113,7 @@ def genai_config(model: Gemma3, tokenizer, model_file: str = MODEL_FILE) -> dict
             "vocab_size": cfg.vocab_size,
             "context_length": cfg.context_length,
             "decoder": {
-                "filename": model_file,
+                "filename": MODEL_FILE,
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "head_size": cfg.head_dim,
                 "hidden_size": cfg.hidden_size,
@@ -139,11 +140,11 @@ def genai_config(model: Gemma3, tokenizer, model_file: str = MODEL_FILE) -> dict
     }
 
 
-def write_folder_files(folder: Path, model: Gemma3, tokenizer, model_file: str = MODEL_FILE) -> None:
+def write_folder_files(folder: Path, model: Gemma3, tokenizer) -> None:
     """The tokenizer and genai_config.json beside the graph."""
     tokenizer.save(folder, model_max_length=model.config.context_length)
     (folder / GENAI_CONFIG_FILE).write_text(
-        json.dumps(genai_config(model, tokenizer, model_file), indent=2) + "\n", encoding="utf-8")
+        json.dumps(genai_config(model, tokenizer), indent=2) + "\n", encoding="utf-8")
 
 
 def export_onnx(model: Gemma3, tokenizer, folder: str | Path) -> Path:
@@ -159,7 +160,8 @@ def export_onnx(model: Gemma3, tokenizer, folder: str | Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OnnxExportError(f"cannot create the output folder {folder}: {err.strerror}") from None
-    model = model.float().eval()
+    if model.embed.weight.dtype != torch.float32:  # the graph is fp32; leave the caller's model be
+        model = copy.deepcopy(model).float()
     inputs, outputs = io_names(cfg.n_layers)
     past_dims = {0: "batch_size", 2: "past_sequence_length"}
     dynamic_shapes = ({0: "batch_size", 1: "sequence_length"},

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from hslm.export.onnx import GENAI_CONFIG_FILE, MODEL_FILE
+from hslm.export.onnx import MODEL_FILE
 
 BITS = {"int8": 8, "int4": 4}
 BLOCK_SIZE = 32
@@ -34,6 +34,11 @@ CHATTY_LOGGERS = ("onnxruntime.quantization", "onnx_ir", "onnxscript")
 
 class OnnxQuantizeError(ValueError):
     """A quantization that cannot be done as asked (message says why)."""
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in BITS:
+        raise OnnxQuantizeError(f"unknown ONNX quantization {kind!r}; choose one of {', '.join(BITS)}")
 
 
 def untie_output_head(model: onnx.ModelProto) -> bool:
@@ -64,8 +69,7 @@ def quantize_model(model: onnx.ModelProto, kind: str) -> onnx.ModelProto:
         DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer)
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
-    if kind not in BITS:
-        raise OnnxQuantizeError(f"unknown ONNX quantization {kind!r}; choose one of {', '.join(BITS)}")
+    _check_kind(kind)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     metadata = {p.key: p.value for p in model.metadata_props}
@@ -90,13 +94,11 @@ def quantize_onnx_folder(source: str | Path, output: str | Path, kind: str) -> P
     source, output = Path(source), Path(output)
     if not (source / MODEL_FILE).is_file():
         raise OnnxQuantizeError(f"no {MODEL_FILE} in {source}")
-    if kind not in BITS:
-        raise OnnxQuantizeError(f"unknown ONNX quantization {kind!r}; choose one of {', '.join(BITS)}")
+    _check_kind(kind)
     quantized = quantize_model(onnx.load(source / MODEL_FILE), kind)
     output.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.name != MODEL_FILE and item.is_file():
             shutil.copy2(item, output / item.name)
     onnx.save_model(quantized, output / MODEL_FILE)
-    assert (output / GENAI_CONFIG_FILE).is_file()
     return output / MODEL_FILE
