@@ -1,8 +1,10 @@
-"""hslm-export: turn an hslm model folder into files other runtimes load (GGUF for llama.cpp)."""
+"""hslm-export: turn an hslm model folder into files other runtimes load (GGUF for llama.cpp,
+ONNX folders for ONNX Runtime)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 from hslm.apps.common import UsageError, fail, load_model_folder
 
 GGUF_CHOICES = ("f32", "f16", "bf16", "q8_0", "q4", "q4_0", "iq4_nl", "q4_k_m")
+ONNX_CHOICES = ("fp32", "int8", "int4")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,12 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "tokenizer, chat template, sliding/global layer layout and both RoPE bases "
                     "inside. f32/f16/bf16 are written directly; q8_0 and the 4-bit types are "
                     "made by llama.cpp's own quantizer. 'q4' is IQ4_NL, the best 4-bit type for "
-                    "640-wide rows (K-quants need rows that are multiples of 256 and fall back).",
-        epilog="example: hslm-export runs/demo/model --gguf q4 --output runs/demo/model-q4.gguf")
+                    "640-wide rows (K-quants need rows that are multiples of 256 and fall back). "
+                    "--onnx writes a folder for ONNX Runtime / onnxruntime-genai / "
+                    "onnxruntime-web: model.onnx, the tokenizer and genai_config.json; int8 and "
+                    "int4 are block-wise weight-only quantizations (MatMulNBits).",
+        epilog="examples: hslm-export runs/demo/model --gguf q4 --output runs/demo/model-q4.gguf; "
+               "hslm-export runs/demo/model --onnx int4 --output runs/demo/onnx-int4")
     parser.add_argument("model", help="model folder")
-    parser.add_argument("--gguf", choices=GGUF_CHOICES, required=True, metavar="TYPE",
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--gguf", choices=GGUF_CHOICES, metavar="TYPE",
                         help=f"GGUF type: {', '.join(GGUF_CHOICES)}")
-    parser.add_argument("--output", help="output file (default: MODEL/model-TYPE.gguf)")
+    target.add_argument("--onnx", choices=ONNX_CHOICES, metavar="TYPE",
+                        help=f"ONNX folder of type: {', '.join(ONNX_CHOICES)}")
+    parser.add_argument("--output", help="output file (GGUF, default: MODEL/model-TYPE.gguf) or "
+                                         "folder (ONNX, default: MODEL/onnx-TYPE)")
     parser.add_argument("--embedding-type", choices=("f32", "f16", "q8_0", "q4_0", "iq4_nl"),
                         help="type of the token embedding (quantized types only; default: "
                              "llama.cpp's choice)")
@@ -69,10 +80,40 @@ def write_gguf_file(args, model, tokenizer) -> Path:
     return output
 
 
+def export_onnx_folder(args) -> None:
+    from hslm.export.onnx import OnnxExportError, export_onnx
+    from hslm.quant.onnx import OnnxQuantizeError, quantize_onnx_folder
+
+    output = Path(args.output or Path(args.model) / f"onnx-{args.onnx}")
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"the output must be a folder, and {output} is a file")
+    existing = next(p for p in [output.absolute(), *output.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UsageError(f"cannot write the folder {output}: {existing} is not a writable folder")
+    model, tokenizer = load_model_folder(args.model)
+    print(f"exporting {args.model} to ONNX ({model.num_parameters() / 1e6:.0f}M parameters; "
+          "about a minute for hindi-270m)...", file=sys.stderr, flush=True)
+    try:
+        if args.onnx == "fp32":
+            path = export_onnx(model, tokenizer, output)
+        else:
+            output.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=output) as scratch:
+                export_onnx(model, tokenizer, scratch)
+                print(f"quantizing to {args.onnx}...", file=sys.stderr, flush=True)
+                path = quantize_onnx_folder(scratch, output, args.onnx)
+    except (OnnxExportError, OnnxQuantizeError) as err:
+        raise UsageError(str(err)) from None
+    print(f"wrote {output} ({args.onnx}, {path.stat().st_size / 1e6:.1f} MB)")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        export_gguf(args)
+        if args.onnx:
+            export_onnx_folder(args)
+        else:
+            export_gguf(args)
     except UsageError as err:
         fail(str(err))
 

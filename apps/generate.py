@@ -13,12 +13,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hslm-generate",
         description="Generate Hindi text from an hslm model folder (a Hugging Face-style folder "
-                    "with config.json, model.safetensors and tokenizer files) or a GGUF file "
-                    "(llama.cpp), streaming it to the terminal. Sampling is the same on both.",
+                    "with config.json, model.safetensors and tokenizer files), a GGUF file "
+                    "(llama.cpp) or an ONNX folder (ONNX Runtime), streaming it to the "
+                    "terminal. Sampling is the same on all of them.",
         epilog="example: hslm-generate runs/demo/model --prompt 'भारत की राजधानी' --temperature 0.8")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("model", nargs="?", help="model folder (PyTorch)")
     source.add_argument("--gguf", metavar="FILE", help="a GGUF file, run by llama.cpp")
+    source.add_argument("--onnx", metavar="DIR",
+                        help="an ONNX folder (hslm-export --onnx), run by ONNX Runtime")
     parser.add_argument("--prompt", help="prompt text (default: read from standard input)")
     parser.add_argument("--chat", action="store_true",
                         help="wrap the prompt as a user turn in the Gemma chat template")
@@ -48,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
             stop_strings=args.stop, seed=args.seed)
-        runtime = load(args.gguf or args.model, threads=args.threads, dtype=args.dtype,
-                       device=args.device)
+        runtime = load(args.gguf or args.onnx or args.model, threads=args.threads,
+                       dtype=args.dtype, device=args.device)
         if args.chat:
             prompt_ids = runtime.encode_chat([{"role": "user", "content": prompt}])
         else:

@@ -84,6 +84,25 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
 
+class PastKV:
+    """Keys and values of every past column as plain tensors [B, kv_heads, past, head_dim], one
+    pair per layer; each layer appends its new columns (present = past + new).
+
+    The cache of an exported graph (ONNX), whose past and present are inputs and outputs: no
+    ring buffer and no in-place writes, and sliding layers keep every column too (the window is
+    applied by the mask). Without an `attention_mask`, every past column is a real token.
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys, self.values = list(keys), list(values)
+        self.length = keys[0].shape[2]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        self.keys[layer] = torch.cat((self.keys[layer], k), dim=2)
+        self.values[layer] = torch.cat((self.values[layer], v), dim=2)
+        return self.keys[layer], self.values[layer]
+
+
 def attention_masks(config: ModelConfig, key_valid: torch.Tensor, first_column: int,
                     n_new: int, ring_columns: torch.Tensor | None):
     """Boolean SDPA masks (True = attend) for the new columns [first_column, first_column + n_new).
@@ -150,7 +169,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
 
-    def forward(self, x, rope, mask, cache: KVCache | None):
+    def forward(self, x, rope, mask, cache: KVCache | PastKV | None):
         cfg = self.config
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2))
@@ -159,10 +178,13 @@ class Attention(nn.Module):
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if cache is not None:
+        if isinstance(cache, PastKV):
+            k, v = cache.append(self.layer, k, v)
+        elif cache is not None:
             k, v = self._update_cache(cache, k, v)
         scale = cfg.query_pre_attn_scalar ** -0.5
-        if T == 1:
+        # An exported graph serves any number of new tokens, so it always takes the SDPA path.
+        if T == 1 and not isinstance(cache, PastKV):
             out = single_query_attention(q, k, v, mask, scale)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
@@ -274,8 +296,8 @@ class Gemma3(nn.Module):
                 last_only: bool = False) -> torch.Tensor:
         """Logits [B, T, vocab] (or [B, 1, vocab] with `last_only`) for `input_ids` [B, T].
 
-        With a `cache`, input_ids are the columns after those already cached and
-        `attention_mask`, if given, covers the cached columns plus the new ones.
+        With a `cache` (`KVCache` or `PastKV`), input_ids are the columns after those already
+        cached and `attention_mask`, if given, covers the cached columns plus the new ones.
         """
         hidden = self.hidden_states(input_ids, attention_mask, position_ids, cache)
         if last_only:
@@ -291,7 +313,7 @@ class Gemma3(nn.Module):
                              f"length ({cfg.context_length})")
         if attention_mask is None:
             key_valid = torch.ones(B, first + T, dtype=torch.bool, device=input_ids.device)
-            if cache is not None:
+            if isinstance(cache, KVCache):
                 key_valid[:, :first] = cache.key_valid
         else:
             key_valid = attention_mask.to(device=input_ids.device, dtype=torch.bool)
@@ -305,7 +327,7 @@ class Gemma3(nn.Module):
         x = (x.float() * math.sqrt(cfg.hidden_size)).to(x.dtype)
         rope_local = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_base_local, x.dtype)
         rope_global = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_base_global, x.dtype)
-        ring = cache.ring_columns if cache is not None else None
+        ring = cache.ring_columns if isinstance(cache, KVCache) else None
         global_mask, sliding_mask = attention_masks(cfg, key_valid, first, T, ring)
 
         for block in self.layers:
@@ -313,7 +335,7 @@ class Gemma3(nn.Module):
             x = block(x, rope_local if sliding else rope_global,
                       sliding_mask if sliding else global_mask, cache)
 
-        if cache is not None:
+        if isinstance(cache, KVCache):
             window = cfg.sliding_window
             keep = min(T, window)
             new_cols = torch.arange(first + T - keep, first + T, device=input_ids.device)

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hslm.export.onnx import GENAI_CONFIG_FILE
+from hslm.export.onnx import MODEL_FILE as ONNX_MODEL_FILE
 from hslm.generate import Generation, SamplingParams, TorchLogits, stream
 from hslm.runtime.guided import Guide, grammar_for
 from hslm.tokenizer import render_chat
@@ -33,6 +35,13 @@ def is_gguf(path: Path) -> bool:
         return False
     with open(path, "rb") as file:
         return file.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+
+
+def is_onnx_path(path: Path) -> bool:
+    """An ONNX folder (model.onnx and genai_config.json, as hslm-export --onnx writes) or an
+    .onnx file."""
+    return path.suffix == ".onnx" or any((path / name).is_file()
+                                         for name in (ONNX_MODEL_FILE, GENAI_CONFIG_FILE))
 
 
 class RuntimeLoadError(ValueError):
@@ -101,6 +110,15 @@ def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32"
         except GGUFLoadError as err:
             raise RuntimeLoadError(str(err)) from None
         return Runtime("llama.cpp", source, tokenizer, path.stem)
+    if is_onnx_path(path):
+        from hslm.runtime.onnx import OnnxLoadError, load_onnx
+
+        try:
+            source, tokenizer = load_onnx(path, threads=threads)
+        except OnnxLoadError as err:
+            raise RuntimeLoadError(str(err)) from None
+        folder = path if path.is_dir() else path.parent
+        return Runtime("onnx", source, tokenizer, folder.name)
     from hslm.runtime.torch import ModelLoadError, load_torch_model
 
     if threads:

@@ -1,0 +1,135 @@
+"""ONNX Runtime decode speed, size and memory of fp32 / int8 / int4 exports of hindi-270m.
+
+Random weights (speed and memory do not depend on them), batch 1, 2 threads. For each type:
+size of model.onnx on disk, peak RSS of a fresh process that loads the folder and decodes,
+and ms per decoded token (one token per step through hslm's ONNX Runtime backend) after a
+prompt of 128 and of 900 tokens (the median of 32 steps).
+
+    python benchmarks/onnx_speed.py [--threads 2] [--steps 32]
+
+Writes benchmarks/results/onnx_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+CONTEXTS = (128, 900)
+TYPES = ("fp32", "int8", "int4")
+
+
+def measure(folder: Path, threads: int, steps: int) -> dict:
+    """Run in a fresh process: ms/token at each context and this process's peak RSS."""
+    import numpy as np
+
+    from hslm.runtime.onnx import load_onnx
+
+    source, _ = load_onnx(folder, threads=threads)
+    rng = np.random.default_rng(0)
+    result = {}
+    for context in CONTEXTS:
+        source.reset()
+        source.feed(rng.integers(6, 8000, context).tolist())
+        times = []
+        for token in rng.integers(6, 8000, steps).tolist():
+            start = time.perf_counter()
+            source.feed([token])
+            times.append((time.perf_counter() - start) * 1e3)
+        result[f"ms_per_token_{context}"] = statistics.median(times)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def peak_rss_mb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child would
+    # report its parent's peak (the export's).
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def export_all(work: Path) -> dict[str, Path]:
+    import torch
+
+    from hslm.config import ModelConfig
+    from hslm.export.onnx import export_onnx
+    from hslm.model import Gemma3
+    from hslm.quant.onnx import quantize_onnx_folder
+    from hslm.tokenizer import train_tokenizer
+
+    # Any hslm tokenizer will do (the graph's vocabulary stays 50k): an 8k one trains in seconds.
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "hindi"
+    tokenizer = train_tokenizer(sorted(data.glob("*.txt")), work / "tokenizer", vocab_size=8_000,
+                                input_sentence_size=100_000)
+    torch.manual_seed(0)
+    model = Gemma3(ModelConfig.preset("hindi-270m")).eval()
+    folders = {"fp32": work / "fp32"}
+    start = time.perf_counter()
+    export_onnx(model, tokenizer, folders["fp32"])
+    print(f"exported fp32 in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    for kind in ("int8", "int4"):
+        start = time.perf_counter()
+        folders[kind] = work / kind
+        quantize_onnx_folder(folders["fp32"], folders[kind], kind)
+        print(f"quantized {kind} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return folders
+
+
+def render(results: dict) -> str:
+    lines = ["# ONNX Runtime decode speed (hindi-270m, batch 1)", "",
+             f"Random weights, {results['threads']} threads, median of {results['steps']} "
+             "single-token steps after a prompt of 128 / 900 tokens, through hslm's ONNX "
+             "Runtime backend (IO binding). Peak RSS: a fresh process that loads the folder "
+             f"and runs both contexts. onnxruntime {results['onnxruntime']}, {results['cpu']}.",
+             "", "| type | model.onnx | peak RSS | ms/token (128 ctx) | ms/token (900 ctx) |",
+             "|---|---|---|---|---|"]
+    for kind, row in results["types"].items():
+        lines.append(f"| {kind} | {row['size_mb']:.0f} MB | {row['peak_rss_mb']:.0f} MB | "
+                     f"{row['ms_per_token_128']:.1f} | {row['ms_per_token_900']:.1f} |")
+    lines += ["", "Measured on the shared 2-core development machine while another engineer's "
+              "jobs were running: absolute times are pessimistic and noisy; the ratios between "
+              "types are the useful part.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one fresh process
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(Path(args.measure), args.threads, args.steps)))
+        return
+    import onnxruntime
+
+    results = {"threads": args.threads, "steps": args.steps, "onnxruntime": onnxruntime.__version__,
+               "cpu": platform.processor() or platform.machine(), "types": {}}
+    with tempfile.TemporaryDirectory() as work:
+        folders = export_all(Path(work))
+        for kind in TYPES:
+            done = subprocess.run([sys.executable, __file__, "--measure", str(folders[kind]),
+                                   "--threads", str(args.threads), "--steps", str(args.steps)],
+                                  capture_output=True, text=True, check=True)
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row["size_mb"] = (folders[kind] / "model.onnx").stat().st_size / 1e6
+            results["types"][kind] = row
+            print(kind, row, file=sys.stderr)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "onnx_speed.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "onnx_speed.md").write_text(render(results))
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The ONNX Runtime backend: a folder written by `hslm-export --onnx` run by onnxruntime.
+
+ONNX Runtime computes the logits; sampling, stop handling, streaming and guided decoding are
+hslm's own (`hslm.generate`), as on every backend. The past keys and values stay in ONNX
+Runtime's memory between steps: each step binds the previous step's present tensors as its
+past (IO binding), so nothing is copied through numpy but the logits. The folder is checked
+before it runs: hslm's metadata and version, the graph's inputs, and that its tokenizer is
+the one the model was exported with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hslm import __version__
+from hslm.config import ConfigError, ModelConfig
+from hslm.export.onnx import META_PREFIX, MODEL_FILE, io_names
+from hslm.tokenizer import Tokenizer, TokenizerError
+
+
+class OnnxLoadError(ValueError):
+    """A folder ONNX Runtime cannot run as an hslm model (message says why)."""
+
+
+class OnnxLogits:
+    """Next-token logits from an ONNX Runtime session (a logits source, see
+    `hslm.generate.TorchLogits`)."""
+
+    def __init__(self, session, config: ModelConfig, context_length: int):
+        self.session = session
+        self.config = config
+        self.context_length = context_length
+        self.input_names, self.output_names = io_names(config.n_layers)
+        self.past_names = self.input_names[3:]
+        # Every step's mask and positions are slices of these (batch 1, no padding).
+        self._mask = np.ones((1, context_length), np.int64)
+        self._positions = np.arange(context_length, dtype=np.int64)[None]
+        self._empty_past = np.zeros((1, config.n_kv_heads, 0, config.head_dim), np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self.length = 0
+        self.past = None  # OrtValues of the last step's presents
+
+    def feed(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.from_numpy(self._run(ids)[-1].copy())
+
+    def all_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(ids), vocab] of every position of `ids` from an empty cache (parity)."""
+        self.reset()
+        return self._run(ids)
+
+    def _run(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(ids), vocab] of the ids after those fed so far."""
+        total = self.length + len(ids)
+        if total > self.context_length:
+            raise ValueError(f"sequence of {total} tokens is longer than the context length "
+                             f"({self.context_length})")
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.array([list(ids)], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", self._mask[:, :total])
+        binding.bind_cpu_input("position_ids", self._positions[:, self.length:total])
+        for index, name in enumerate(self.past_names):
+            if self.past is None:
+                binding.bind_cpu_input(name, self._empty_past)
+            else:
+                binding.bind_ortvalue_input(name, self.past[index])
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        logits, *self.past = binding.get_outputs()
+        self.length = total
+        return logits.numpy()[0]
+
+
+def _session(graph: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's choice (all cores)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for invalid graphs
+        raise OnnxLoadError(f"ONNX Runtime cannot load {graph}: {err}") from None
+
+
+def read_config(metadata: dict[str, str], graph: Path) -> ModelConfig:
+    """The model's config from the graph's metadata_props, after checking they are hslm's."""
+    version = metadata.get(META_PREFIX + "version")
+    if version is None:
+        raise OnnxLoadError(f"{graph} was not exported by hslm (no {META_PREFIX}* metadata); "
+                            "export it with hslm-export --onnx")
+    if version != __version__:
+        raise OnnxLoadError(f"{graph} was exported by hslm {version}, this is hslm "
+                            f"{__version__}: export it again with this version")
+    try:
+        return ModelConfig.from_dict(json.loads(metadata[META_PREFIX + "config"]))
+    except (KeyError, json.JSONDecodeError, ConfigError, TypeError) as err:
+        raise OnnxLoadError(f"{graph} has no valid model config in its metadata: {err}") from None
+
+
+def load_onnx(path: str | Path, threads: int | None = None, context_length: int | None = None
+              ) -> tuple[OnnxLogits, Tokenizer]:
+    """(logits source, tokenizer) for an ONNX folder (or the model.onnx inside one)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    graph = folder / MODEL_FILE
+    if not graph.is_file():
+        raise OnnxLoadError(f"no {MODEL_FILE} in {folder}; export one with hslm-export --onnx")
+    try:
+        tokenizer = Tokenizer.load(folder)
+    except TokenizerError as err:
+        raise OnnxLoadError(f"{folder} has no usable tokenizer ({err}); export the folder again "
+                            "with hslm-export --onnx") from None
+    session = _session(graph, threads)
+    metadata = session.get_modelmeta().custom_metadata_map
+    config = read_config(metadata, graph)
+    if tokenizer.sha256 != metadata.get(META_PREFIX + "tokenizer_sha256"):
+        raise OnnxLoadError(f"the tokenizer in {folder} is not the one {graph} was exported with "
+                            "(files from another model?)")
+    expected_inputs, expected_outputs = io_names(config.n_layers)
+    if [i.name for i in session.get_inputs()] != expected_inputs or \
+            [o.name for o in session.get_outputs()] != expected_outputs:
+        raise OnnxLoadError(f"{graph} does not have the inputs and outputs of an hslm graph with "
+                            f"{config.n_layers} layers")
+    context_length = context_length or config.context_length
+    if context_length > config.context_length:
+        raise OnnxLoadError(f"a context of {context_length} is longer than the model's "
+                            f"{config.context_length}")
+    return OnnxLogits(session, config, context_length), tokenizer
