@@ -15,7 +15,8 @@ from hslm.apps.common import UsageError, fail, load_model_folder
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hslm-parity",
-        description="Compare exported artifacts (GGUF files) with the PyTorch model on real "
+        description="Compare exported artifacts (GGUF files, ONNX folders) with the PyTorch "
+                    "model on real "
                     "validation text: tokenizer agreement, max/mean |Δlogit|, top-1 agreement, "
                     "mean and p99 KL divergence, perplexity, greedy-generation agreement. "
                     "Each artifact is judged by the limits of its type; the exit code is 1 "
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: hslm-parity runs/demo/train/model runs/demo/model-*.gguf "
                "--text runs/demo/prepared/documents --output runs/demo/parity")
     parser.add_argument("model", help="model folder, training run folder or checkpoint")
-    parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="GGUF files")
+    parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
+                        help="GGUF files and ONNX folders")
     parser.add_argument("--text", nargs="+", required=True, metavar="INPUT",
                         help="validation text: files, folders or globs in any hslm-data input "
                              "format (text held out from training)")

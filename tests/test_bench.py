@@ -15,7 +15,9 @@ from hslm.bench.report import SCHEMA, derive
 from hslm.bench.run import plan_case, size_model_case
 from hslm.export.gguf import write_gguf
 from hslm.export.hf import save_hf
+from hslm.export.onnx import export_onnx
 from hslm.quant.llama_cpp import quantize_gguf
+from hslm.quant.onnx import quantize_onnx_folder
 from model_factory import make_config, make_model
 
 REPEAT = 2
@@ -28,7 +30,9 @@ def artifacts(trained_tokenizer, tmp_path_factory):
     save_hf(model, folder / "model", tokenizer=trained_tokenizer)
     f16 = write_gguf(model, trained_tokenizer, folder / "model-f16.gguf", "f16")
     q8 = quantize_gguf(f16, folder / "model-q8_0.gguf", "q8_0").path
-    return folder, f16, q8
+    onnx_fp32 = export_onnx(model, trained_tokenizer, folder / "onnx-fp32").parent
+    onnx_int4 = quantize_onnx_folder(onnx_fp32, folder / "onnx-int4", "int4").parent
+    return folder, f16, q8, onnx_fp32, onnx_int4
 
 
 def run_bench(argv: list[str], capsys) -> tuple[int, str]:
@@ -42,9 +46,10 @@ def run_bench(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def test_report_of_a_short_run(artifacts, tmp_path, capsys):
-    folder, f16, q8 = artifacts
+    folder, f16, q8, _, onnx_int4 = artifacts
     output = tmp_path / "report"
-    code, err = run_bench([str(folder / "model"), str(f16), str(q8), "--threads", "1",
+    code, err = run_bench([str(folder / "model"), str(f16), str(q8), str(onnx_int4),
+                           "--threads", "1",
                            "--repeat", str(REPEAT), "--warmup", "1", "--n-prompt", "32",
                            "--n-gen", "8", "--output", str(output)], capsys)
     assert code == 0, err
@@ -52,7 +57,7 @@ def test_report_of_a_short_run(artifacts, tmp_path, capsys):
     jsonschema.validate(report, SCHEMA)
     assert json.loads((output / "bench.schema.json").read_text()) == SCHEMA
     assert [(c["backend"], c["type"]) for c in report["cases"]] == [
-        ("torch", "fp32"), ("llama.cpp", "f16"), ("llama.cpp", "q8_0")]
+        ("torch", "fp32"), ("llama.cpp", "f16"), ("llama.cpp", "q8_0"), ("onnx", "int4")]
     for case in report["cases"]:
         assert len(case["pp"]["tokens_per_s"]) == REPEAT
         assert len(case["tg"]["tokens_per_s"]) == REPEAT
@@ -60,10 +65,11 @@ def test_report_of_a_short_run(artifacts, tmp_path, capsys):
         assert case["agent"]["prompt_tokens"] >= 200
         assert all(1 <= n <= 48 for n in case["agent"]["answer_tokens"])
         assert case["derived"] == derive(case, report["bandwidth_gbs"])
-    torch_case, f16_case, q8_case = report["cases"]
+    torch_case, f16_case, q8_case, int4_case = report["cases"]
     # Bytes per token come from the files' tensors: q8_0 reads about half of f16.
     assert 0.45 < q8_case["weight_bytes"] / f16_case["weight_bytes"] < 0.6
     assert f16_case["weight_bytes"] == pytest.approx(torch_case["weight_bytes"] / 2, rel=0.05)
+    assert int4_case["weight_bytes"] < q8_case["weight_bytes"]
     if not EnergyMeter().available:
         assert all(c["tg"]["joules_per_token"] == "unavailable" for c in report["cases"])
         assert "Energy: unavailable" in (output / "bench.md").read_text()
@@ -98,8 +104,17 @@ def test_size_model_case_is_a_q4_gguf_of_the_preset(trained_tokenizer_dir, tmp_p
     assert not list(tmp_path.glob("*f16.gguf"))  # the intermediate file is removed
 
 
+def test_onnx_folders_are_typed_and_sized_from_the_graph(artifacts):
+    _, _, _, onnx_fp32, onnx_int4 = artifacts
+    (fp32,), (int4,) = plan_case(onnx_fp32), plan_case(onnx_int4 / "model.onnx")
+    assert (fp32.backend, fp32.type, int4.type) == ("onnx", "fp32", "int4")
+    assert int4.path == onnx_int4
+    # The 4-bit embedding table is only looked up, so int4 reads well under a quarter of fp32.
+    assert int4.weight_bytes < fp32.weight_bytes / 4
+
+
 def test_bad_input_is_refused_with_one_line(artifacts, tmp_path, capsys):
-    folder, f16, _ = artifacts
+    folder, f16, *_ = artifacts
     text = tmp_path / "notes.txt"
     text.write_text("not a model\n")
     truncated = tmp_path / "broken.gguf"

@@ -102,3 +102,21 @@ def test_parity_errors_are_one_line(exported, hindi_data_dir, tmp_path, capsys):
                   "--output", str(tmp_path)])
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_onnx_folders_pass_and_are_judged_by_their_type(exported, trained_tokenizer,
+                                                          hindi_data_dir, tmp_path, capsys):
+    from hslm.export.onnx import export_onnx
+    from hslm.quant.onnx import quantize_onnx_folder
+
+    model, folder, _, _ = exported
+    fp32 = export_onnx(model, trained_tokenizer, tmp_path / "onnx-fp32").parent
+    int8 = quantize_onnx_folder(fp32, tmp_path / "onnx-int8", "int8").parent
+    code, report = run_parity(folder / "model", [fp32, int8], hindi_data_dir, tmp_path / "out",
+                              capsys)
+    assert code == 0, report
+    types = [artifact["type"] for artifact in report["artifacts"]]
+    assert types == ["fp32", "int8"]
+    fp32_result = report["artifacts"][0]
+    assert fp32_result["logits"]["max_abs_logit"] < 1e-3
+    assert fp32_result["logits"]["top1"] == 1.0

@@ -34,13 +34,9 @@ class Case:
         return self.label or f"{self.backend} {self.type}"
 
 
-def _folder_bytes(folder: Path, patterns: tuple[str, ...]) -> int:
-    return sum(p.stat().st_size for pattern in patterns for p in folder.glob(pattern))
-
-
 def plan_case(path: str | Path, compiled: bool = False) -> list[Case]:
     """The cases for one artifact (a model folder gives eager and, if asked, compiled)."""
-    from hslm.runtime.engine import is_gguf
+    from hslm.runtime.engine import is_gguf, is_onnx_path
 
     path = Path(path)
     if not path.exists():
@@ -53,9 +49,16 @@ def plan_case(path: str | Path, compiled: bool = False) -> list[Case]:
         except GGUFLoadError as err:
             raise BenchError(str(err)) from None
         return [Case(path, "llama.cpp", file_type, tensor_bytes, path.stat().st_size)]
-    if path.is_dir() and any(path.glob("*.onnx")):
-        size = _folder_bytes(path, ("*.onnx", "*.onnx.data", "*.data"))
-        return [Case(path, "onnx", "onnx", size, size)]
+    if is_onnx_path(path):
+        from hslm.runtime.onnx import OnnxLoadError, onnx_summary
+
+        try:
+            file_type, weight_bytes = onnx_summary(path)
+        except OnnxLoadError as err:
+            raise BenchError(str(err)) from None
+        folder = path if path.is_dir() else path.parent
+        size = sum(p.stat().st_size for p in folder.glob("*.onnx*"))
+        return [Case(folder, "onnx", file_type, weight_bytes, size)]
     folder = path / "model" if (path / "model").is_dir() else path
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:

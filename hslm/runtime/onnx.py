@@ -78,6 +78,37 @@ class OnnxLogits:
         return logits.numpy()[0]
 
 
+# Embedding lookups read one row per token, not the table.
+_LOOKUP_OPS = {"Gather", "GatherBlockQuantized"}
+
+
+def onnx_summary(path: str | Path) -> tuple[str, int]:
+    """(the folder's type: fp32, int8 or int4; bytes of the weights decoding reads per token:
+    every initializer except tables only looked up). Raises OnnxLoadError."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    graph = path / MODEL_FILE if path.is_dir() else path
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except (OSError, DecodeError) as err:
+        raise OnnxLoadError(f"{graph} is not a readable ONNX model: {err}") from None
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    read_config(metadata, graph)
+    consumers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    read = 0
+    for tensor in model.graph.initializer:
+        if consumers.get(tensor.name) and consumers[tensor.name] <= _LOOKUP_OPS:
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        read += int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    return metadata.get(META_PREFIX + "quantization", "fp32"), read
+
+
 def _session(graph: Path, threads: int | None):
     import onnxruntime as ort
 
