@@ -32,11 +32,20 @@ for type in f16 q8_0 q4; do
 done
 hslm-generate --gguf "$run_dir/model-q4.gguf" --prompt "भारत की राजधानी" --max-new-tokens 40 --seed 0
 
-echo "== 6. parity: every export against the PyTorch model on real Hindi text"
-hslm-parity "$run_dir/train/model" "$run_dir"/model-{f16,q8_0,q4}.gguf \
-  --text data/sample --output "$run_dir/report/parity"
+echo "== 6. export: ONNX folders for ONNX Runtime (fp32, int8, int4), then generate with int4"
+for type in fp32 int8 int4; do
+  rm -rf "$run_dir/onnx-$type"
+  hslm-export "$run_dir/train/model" --onnx "$type" --output "$run_dir/onnx-$type" \
+    2>>"$run_dir/onnx-export.log"
+done
+hslm-generate --onnx "$run_dir/onnx-int4" --prompt "भारत की राजधानी" --max-new-tokens 40 --seed 0
 
-echo "== 7. bench: speed, latency, memory (and energy where measurable) of every backend"
-hslm-bench "$run_dir/train/model" "$run_dir"/model-{f16,q8_0,q4}.gguf --repeat 3 \
-  --n-prompt 128 --n-gen 64 --output "$run_dir/report/bench"
+echo "== 7. parity: every export against the PyTorch model on real Hindi text"
+exports=("$run_dir"/model-{f16,q8_0,q4}.gguf "$run_dir"/onnx-{fp32,int8,int4})
+hslm-parity "$run_dir/train/model" "${exports[@]}" --text data/sample \
+  --output "$run_dir/report/parity"
+
+echo "== 8. bench: speed, latency, memory (and energy where measurable) of every backend"
+hslm-bench "$run_dir/train/model" "${exports[@]}" --repeat 3 --n-prompt 128 --n-gen 64 \
+  --output "$run_dir/report/bench"
 echo "== done: reports in $run_dir/report/ (parity/parity.md, bench/bench.md)"

@@ -166,6 +166,7 @@ def write_plots(report: dict, folder: Path) -> list[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return []
     cases = report["cases"]
@@ -186,15 +187,25 @@ def write_plots(report: dict, folder: Path) -> list[str]:
     sized = sorted((c for c in cases if c.get("parameters") and c["backend"] == "llama.cpp"
                     and c["type"] == "q4"), key=lambda c: c["parameters"])
     if len(sized) > 1:
-        figure, axis = plt.subplots(figsize=(6, 4))
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
         params = [c["parameters"] / 1e6 for c in sized]
-        axis.plot(params, [1000 / c["derived"]["tg_tokens_per_s"][0] for c in sized], "o-",
-                  label="ms per generated token")
-        axis.plot(params, [c["peak_rss_mb"] for c in sized], "s--", label="peak RSS (MB)")
-        axis.set_xscale("log")
-        axis.set_xlabel("parameters (millions), q4 GGUF")
-        axis.legend()
-        axis.set_title("latency and memory vs model size")
+        for axis, values, label in (
+                (axes[0], [1000 / c["derived"]["tg_tokens_per_s"][0] for c in sized],
+                 "ms per generated token"),
+                (axes[1], [c["peak_rss_mb"] for c in sized], "peak RSS (MB)")):
+            axis.plot(params, values, "o-")
+            for x, y, case in zip(params, values, sized):
+                axis.annotate(case["name"].split(" ")[0], (x, y), textcoords="offset points",
+                              xytext=(4, 4), fontsize=8)
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axis.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            axis.set_xlabel("parameters (millions), q4 GGUF")
+            axis.set_title(label)
+        figure.suptitle("cost vs model size")
         figure.tight_layout()
         paths.append(str(folder / "size_scaling.png"))
         figure.savefig(paths[-1], dpi=120)
