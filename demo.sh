@@ -25,11 +25,13 @@ hslm-model info "$run_dir/train/model"
 echo "== 4. generate: stream text from the trained model"
 hslm-generate "$run_dir/train/model" --prompt "भारत की राजधानी" --max-new-tokens 40 --seed 0
 
-echo "== 5. export: GGUF for llama.cpp in f16, q8_0 and 4-bit (+ Ollama Modelfile)"
-for type in f16 q8_0 q4; do
+echo "== 5. export: GGUF for llama.cpp in f16, q8_0 and 4-bit (+ Ollama Modelfile for 4-bit)"
+for type in f16 q8_0; do
   hslm-export "$run_dir/train/model" --gguf "$type" --output "$run_dir/model-$type.gguf" \
-    --ollama 2>>"$run_dir/quantize.log"
+    2>>"$run_dir/quantize.log"
 done
+hslm-export "$run_dir/train/model" --gguf q4 --output "$run_dir/model-q4.gguf" --ollama \
+  2>>"$run_dir/quantize.log"
 hslm-generate --gguf "$run_dir/model-q4.gguf" --prompt "भारत की राजधानी" --max-new-tokens 40 --seed 0
 
 echo "== 6. export: ONNX folders for ONNX Runtime (fp32, int8, int4), then generate with int4"
