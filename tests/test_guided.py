@@ -12,6 +12,7 @@ import torch
 
 from hslm.config import ModelConfig
 from hslm.export.gguf import write_gguf
+from hslm.export.onnx import export_onnx
 from hslm.generate import SamplingParams
 from hslm.model import Gemma3
 from hslm.runtime import load
@@ -46,7 +47,8 @@ PARAMS = dict(max_new_tokens=60, temperature=1.0, top_k=0)
 
 @pytest.fixture(scope="module")
 def runtimes(trained_tokenizer, hindi_data_dir, tmp_path_factory):
-    """PyTorch and llama.cpp runtimes of a briefly trained model and of random weights."""
+    """PyTorch, llama.cpp and ONNX Runtime runtimes of a briefly trained model and of random
+    weights."""
     trained = briefly_trained_model(trained_tokenizer, hindi_data_dir)
     torch.manual_seed(1)
     random = Gemma3(ModelConfig.preset("tiny", vocab_size=trained_tokenizer.vocab_size)).eval()
@@ -56,11 +58,13 @@ def runtimes(trained_tokenizer, hindi_data_dir, tmp_path_factory):
         found[f"{name}/torch"] = Runtime("torch", TorchLogits(model), trained_tokenizer, name)
         found[f"{name}/llama.cpp"] = load(write_gguf(model, trained_tokenizer,
                                                      folder / f"{name}.gguf", "f32"))
+        found[f"{name}/onnx"] = load(export_onnx(model, trained_tokenizer,
+                                                 folder / f"{name}-onnx").parent)
     return found
 
 
-@pytest.mark.parametrize("backend", ["trained/torch", "trained/llama.cpp", "random/torch",
-                                     "random/llama.cpp"])
+@pytest.mark.parametrize("backend", [f"{weights}/{backend}" for weights in ("trained", "random")
+                                     for backend in ("torch", "llama.cpp", "onnx")])
 def test_every_output_validates(runtimes, backend):
     runtime = runtimes[backend]
     failures = []
@@ -89,12 +93,13 @@ def test_hindi_alternatives_sharing_a_utf8_prefix(runtimes):
     assert outputs <= {"हाँ", "हाथी", "नहीं"} and len(outputs) >= 2
 
 
-def test_greedy_schema_output_is_the_same_on_torch_and_llama_cpp(runtimes):
+@pytest.mark.parametrize("backend", ["llama.cpp", "onnx"])
+def test_greedy_schema_output_is_the_same_as_torch(runtimes, backend):
     params = SamplingParams(max_new_tokens=60, temperature=0)
     schema = SCHEMAS["hindi strings"]
     prompt = [{"role": "user", "content": "अपना नाम और शहर बताइए"}]
     ours = runtimes["trained/torch"].chat(prompt, params, json_schema=schema)
-    theirs = runtimes["trained/llama.cpp"].chat(prompt, params, json_schema=schema)
+    theirs = runtimes[f"trained/{backend}"].chat(prompt, params, json_schema=schema)
     assert ours.token_ids == theirs.token_ids and json.loads(ours.text)
 
 

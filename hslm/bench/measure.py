@@ -62,13 +62,8 @@ def agent_prompt(runtime) -> list[int]:
 
 
 def measure(spec: dict) -> dict:
-    import torch
-
     from hslm.generate import SamplingParams, generate_ids
 
-    # Other backends have their own thread pools; torch only samples for them, and idle torch
-    # worker threads spinning beside llama.cpp's would halve its speed on a small machine.
-    torch.set_num_threads(spec["threads"] if spec["backend"].startswith("torch") else 1)
     rss_before = peak_rss_mb()
     start = time.perf_counter()
     runtime = load_source(spec)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,11 +87,14 @@ def _numel(shape) -> int:
 def run_case(case: Case, threads: int, repeat: int, warmup: int, n_prompt: int, n_gen: int,
              agent: bool, timeout: float = 3600) -> dict:
     """Measure one case in a fresh process (`hslm.bench.measure`)."""
-    spec = {"path": str(case.path), "backend": case.backend, "threads": threads,
+    spec = {"path": str(case.path.resolve()), "backend": case.backend, "threads": threads,
             "repeat": repeat, "warmup": warmup, "n_prompt": n_prompt, "n_gen": n_gen,
             "agent": agent}
+    # Run from a neutral folder: `python -m` puts the working directory first on sys.path,
+    # and a source checkout there would shadow the installed package.
     done = subprocess.run([sys.executable, "-m", "hslm.bench.measure", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          cwd=tempfile.gettempdir())
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise BenchError(f"{case.name()} ({case.path}) failed: {last}")
