@@ -87,6 +87,14 @@ def test_hindi_270m_param_counts():
     assert model_counts(config, device="meta") == expected
 
 
+@pytest.mark.parametrize("preset, published_body", [("hindi-1b", 698e6), ("hindi-4b", 3_209e6)])
+def test_larger_shapes_have_gemma3_bodies(preset, published_body):
+    # The Gemma 3 report's non-embedding counts (1B: 698M, 4B: 3,209M); the vocabulary is Hindi.
+    counts = ModelConfig.preset(preset).param_counts()
+    assert counts["non_embedding"] == pytest.approx(published_body, rel=0.005)
+    assert counts["embedding"] == 50_000 * ModelConfig.preset(preset).hidden_size
+
+
 def test_gemma3_270m_total_is_googles_published_count():
     config = ModelConfig.preset("gemma3-270m")
     expected = expected_counts(262_144, 640, 18, 4, 1, 256, 2_048)
@@ -155,7 +163,8 @@ def test_yaml_exponent_without_a_dot_is_a_number(tmp_path):
 
 # ---------------------------------------------------------------- validation
 @pytest.mark.parametrize("make, message", [
-    (lambda: ModelConfig.preset("gemma-9000"), r"unknown preset 'gemma-9000'; available: hindi-270m, gemma3-270m, tiny"),
+    (lambda: ModelConfig.preset("gemma-9000"),
+     r"unknown preset 'gemma-9000'; available: hindi-270m, gemma3-270m, hindi-1b, hindi-4b, tiny"),
     (lambda: ModelConfig.preset("tiny", n_heads=4, n_kv_heads=3),
      r"n_heads \(4\) must be a multiple of n_kv_heads \(3\)"),
     (lambda: ModelConfig.preset("tiny", sliding_window=0), r"sliding_window must be a positive integer, got 0"),
