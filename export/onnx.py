@@ -8,8 +8,12 @@ Inputs and outputs use onnxruntime-genai's names:
     past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim]
     -> logits [batch, seq, vocab], present.{i}.key / .value [batch, kv_heads, past + seq, head_dim]
 
-Sliding layers get every past column as well and attend to the last `sliding_window` of them
-through the mask (a token sees itself and the window - 1 before it). The folder holds
+Each layer's attention is ONNX Runtime's fused `GroupQueryAttention` (see
+`hslm.export.onnx_attention`), so past and present may also share one buffer of any capacity
+(onnxruntime-genai's `past_present_share_buffer`): bound as both, it is updated in place, and
+the attention mask's length says how many of its columns are the past. Sliding layers get every
+past column as well and attend to the last `sliding_window` of them (a token sees itself and
+the window - 1 before it). The folder holds
 `model.onnx` (its `metadata_props` describe the model: layer types, window, RoPE bases,
 special tokens, chat template, hslm version, config), the tokenizer (tokenizer.model,
 tokenizer.json with a post-processor that prepends <bos>, tokenizer_config.json) and
@@ -26,7 +30,8 @@ import torch
 from torch import nn
 
 from hslm import __version__
-from hslm.model import Gemma3, PastKV
+from hslm.export.onnx_attention import FusedAttentionPastKV, translation_table
+from hslm.model import Gemma3
 from hslm.tokenizer import CHAT_TEMPLATE
 
 MODEL_FILE = "model.onnx"
@@ -52,8 +57,11 @@ class _GraphForward(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, past):
         n_layers = self.model.config.n_layers
-        cache = PastKV([past[2 * i] for i in range(n_layers)],
-                       [past[2 * i + 1] for i in range(n_layers)])
+        # The mask covers past + new columns; the past buffers may be longer (shared with the
+        # presents, see hslm.export.onnx_attention).
+        past_length = attention_mask.shape[1] - input_ids.shape[1]
+        cache = FusedAttentionPastKV([past[2 * i] for i in range(n_layers)],
+                                     [past[2 * i + 1] for i in range(n_layers)], past_length)
         logits = self.model(input_ids, attention_mask, position_ids, cache)
         presents = [t for pair in zip(cache.keys, cache.values) for t in pair]
         return (logits, *presents)
@@ -134,8 +142,8 @@ def genai_config(model: Gemma3, tokenizer) -> dict:
             "num_beams": 1, "num_return_sequences": 1, "top_k": 1, "top_p": 1.0,
             "temperature": 1.0, "repetition_penalty": 1.0, "early_stopping": True,
             "length_penalty": 1.0, "no_repeat_ngram_size": 0, "diversity_penalty": 0.0,
-            # Our graph returns past + new as a new tensor: the buffers are not shared.
-            "past_present_share_buffer": False,
+            # One buffer of max_length per layer, updated in place (see the module doc).
+            "past_present_share_buffer": True,
         },
     }
 
@@ -172,7 +180,7 @@ def export_onnx(model: Gemma3, tokenizer, folder: str | Path) -> Path:
         program = torch.onnx.export(_GraphForward(model).eval(), _example_inputs(model), dynamo=True,
                                     opset_version=OPSET, input_names=inputs, output_names=outputs,
                                     dynamic_shapes=dynamic_shapes, optimize=True,
-                                    verbose=False)
+                                    custom_translation_table=translation_table(), verbose=False)
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata(model, tokenizer))
     path = folder / MODEL_FILE

@@ -44,7 +44,9 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float, dtype: tor
     """cos/sin tables [B, T, head_dim] for rotate-half RoPE, computed in fp32."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device,
                                             dtype=torch.float32) / head_dim))
-    angles = positions[..., None].float() * inv_freq
+    # The outer product as Hugging Face's Gemma writes it, [1, D/2, 1] @ [B, 1, T]: the form
+    # ONNX Runtime's rotary fusion recognises in an exported graph (see hslm.quant.onnx).
+    angles = (inv_freq[None, :, None] @ positions[:, None, :].float()).transpose(1, 2)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -91,16 +93,24 @@ class PastKV:
     The cache of an exported graph (ONNX), whose past and present are inputs and outputs: no
     ring buffer and no in-place writes, and sliding layers keep every column too (the window is
     applied by the mask). Without an `attention_mask`, every past column is a real token.
+    Attention over it is the cache's own `attend`, so that an exporter can replace it by a
+    runtime's fused operator (see `hslm.export.onnx`).
     """
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
         self.keys, self.values = list(keys), list(values)
         self.length = keys[0].shape[2]
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+    def attend(self, layer: int, q, k, v, mask, scale: float, window: int | None) -> torch.Tensor:
+        """Append the new keys/values of `layer`; its attention output [B, T, heads * head_dim].
+        q: [B, heads, T, D]; k, v: [B, kv_heads, T, D]; mask: [B, 1, T, past + T] (True = attend,
+        the `window` of sliding layers included)."""
         self.keys[layer] = torch.cat((self.keys[layer], k), dim=2)
         self.values[layer] = torch.cat((self.values[layer], v), dim=2)
-        return self.keys[layer], self.values[layer]
+        out = F.scaled_dot_product_attention(q, self.keys[layer], self.values[layer],
+                                             attn_mask=mask, scale=scale,
+                                             enable_gqa=q.shape[1] != k.shape[1])
+        return out.transpose(1, 2).flatten(2)
 
 
 def attention_masks(config: ModelConfig, key_valid: torch.Tensor, first_column: int,
@@ -178,13 +188,13 @@ class Attention(nn.Module):
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if isinstance(cache, PastKV):
-            k, v = cache.append(self.layer, k, v)
-        elif cache is not None:
-            k, v = self._update_cache(cache, k, v)
         scale = cfg.query_pre_attn_scalar ** -0.5
-        # An exported graph serves any number of new tokens, so it always takes the SDPA path.
-        if T == 1 and not isinstance(cache, PastKV):
+        if isinstance(cache, PastKV):
+            window = cfg.sliding_window if self.sliding else None
+            return self.o_proj(cache.attend(self.layer, q, k, v, mask, scale, window))
+        if cache is not None:
+            k, v = self._update_cache(cache, k, v)
+        if T == 1:
             out = single_query_attention(q, k, v, mask, scale)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,

@@ -73,6 +73,46 @@ def test_fp32_graph_matches_pytorch_for_prompt_and_decoding(exported):
     assert np.abs(ours[real] - reference[real]).max() <= TOL
 
 
+def test_fp32_graph_decodes_in_place_in_shared_buffers(exported):
+    """onnxruntime-genai's and hslm's way to run the graph: one buffer per layer, longer than
+    the sequence, bound as both past and present, and updated in place (left-padded batch)."""
+    model, folder = exported
+    config = model.config
+    session = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+    ids, mask, positions = left_padded_batch(config.vocab_size)
+    prompt = ids.shape[1] - 16
+    with torch.no_grad():
+        reference = model(ids, attention_mask=mask).numpy()
+    ids, mask, positions = ids.numpy(), mask.numpy(), positions.numpy()
+    empty = np.zeros((ids.shape[0], config.n_kv_heads, 0, config.head_dim), np.float32)
+    _, presents = run_graph(session, config, ids[:, :prompt], mask[:, :prompt],
+                            positions[:, :prompt], [empty] * (2 * config.n_layers))
+    capacity = ids.shape[1] + 7
+    buffers = []
+    for present in presents:
+        buffer = np.full((*present.shape[:2], capacity, present.shape[3]), np.nan, np.float32)
+        buffer[:, :, :prompt] = present  # columns past the sequence must never be read
+        buffers.append(ort.OrtValue.ortvalue_from_numpy(buffer))
+    inputs, outputs = io_names(config.n_layers)
+    binding = session.io_binding()
+    binding.bind_output("logits", "cpu")  # first: get_outputs() keeps binding order
+    for past, present, buffer in zip(inputs[3:], outputs[1:], buffers):
+        binding.bind_ortvalue_input(past, buffer)
+        binding.bind_ortvalue_output(present, buffer)
+    real = mask.astype(bool)
+    for column in range(prompt, ids.shape[1]):
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids[:, column:column + 1]))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask[:, :column + 1]))
+        binding.bind_cpu_input("position_ids",
+                               np.ascontiguousarray(positions[:, column:column + 1]))
+        binding.bind_output("logits", "cpu")  # a new tensor each step, same place in the list
+        session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()[:, 0]
+        rows = real[:, column]
+        assert np.abs(logits[rows] - reference[rows, column]).max() <= TOL
+    assert buffers[0].numpy().shape[2] == capacity
+
+
 def test_folder_describes_the_model(exported, trained_tokenizer):
     model, folder = exported
     config = model.config
@@ -91,7 +131,9 @@ def test_folder_describes_the_model(exported, trained_tokenizer):
     genai = json.loads((folder / GENAI_CONFIG_FILE).read_text())
     assert genai["model"]["type"] == "gemma3_text"
     assert genai["model"]["decoder"]["num_hidden_layers"] == config.n_layers
-    assert genai["search"]["past_present_share_buffer"] is False
+    assert genai["search"]["past_present_share_buffer"] is True
+    graph_ops = [node.op_type for node in onnx.load(folder / MODEL_FILE).graph.node]
+    assert graph_ops.count("GroupQueryAttention") == config.n_layers
 
 
 def test_hf_tokenizer_in_the_folder_prepends_bos(exported, trained_tokenizer):

@@ -1,9 +1,10 @@
 """The ONNX Runtime backend: a folder written by `hslm-export --onnx` run by onnxruntime.
 
 ONNX Runtime computes the logits; sampling, stop handling, streaming and guided decoding are
-hslm's own (`hslm.generate`), as on every backend. The past keys and values stay in ONNX
-Runtime's memory between steps: each step binds the previous step's present tensors as its
-past (IO binding), so nothing is copied through numpy but the logits. The folder is checked
+hslm's own (`hslm.generate`), as on every backend. The keys and values live in one buffer per
+layer and tensor, of the context length, allocated once: each step binds it as both the past
+input and the present output (IO binding), and the graph's attention writes the new columns
+in place, so nothing is copied or allocated per step but the logits. The folder is checked
 before it runs: hslm's metadata and version, the graph's inputs, and that its tokenizer is
 the one the model was exported with.
 """
@@ -32,20 +33,28 @@ class OnnxLogits:
     `hslm.generate.TorchLogits`)."""
 
     def __init__(self, session, config: ModelConfig, context_length: int):
+        import onnxruntime as ort
+
         self.session = session
         self.config = config
         self.context_length = context_length
         self.input_names, self.output_names = io_names(config.n_layers)
-        self.past_names = self.input_names[3:]
         # Every step's mask and positions are slices of these (batch 1, no padding).
         self._mask = np.ones((1, context_length), np.int64)
         self._positions = np.arange(context_length, dtype=np.int64)[None]
-        self._empty_past = np.zeros((1, config.n_kv_heads, 0, config.head_dim), np.float32)
+        # Past and present share one buffer per layer and tensor, bound once (pasts and
+        # presents are in the same layer order); each step rebinds only the token inputs.
+        shape = (1, config.n_kv_heads, context_length, config.head_dim)
+        self._binding = session.io_binding()
+        self._binding.bind_output("logits", "cpu")  # first: get_outputs() keeps binding order
+        for past, present in zip(self.input_names[3:], self.output_names[1:]):
+            buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
+            self._binding.bind_ortvalue_input(past, buffer)
+            self._binding.bind_ortvalue_output(present, buffer)
         self.reset()
 
     def reset(self) -> None:
-        self.length = 0
-        self.past = None  # OrtValues of the last step's presents
+        self.length = 0  # columns of the buffers in use
 
     def feed(self, ids: Sequence[int]) -> torch.Tensor:
         return torch.from_numpy(self._run(ids)[-1].copy())
@@ -61,21 +70,14 @@ class OnnxLogits:
         if total > self.context_length:
             raise ValueError(f"sequence of {total} tokens is longer than the context length "
                              f"({self.context_length})")
-        binding = self.session.io_binding()
+        binding = self._binding
         binding.bind_cpu_input("input_ids", np.array([list(ids)], dtype=np.int64))
         binding.bind_cpu_input("attention_mask", self._mask[:, :total])
         binding.bind_cpu_input("position_ids", self._positions[:, self.length:total])
-        for index, name in enumerate(self.past_names):
-            if self.past is None:
-                binding.bind_cpu_input(name, self._empty_past)
-            else:
-                binding.bind_ortvalue_input(name, self.past[index])
-        for name in self.output_names:
-            binding.bind_output(name, "cpu")
+        binding.bind_output("logits", "cpu")
         self.session.run_with_iobinding(binding)
-        logits, *self.past = binding.get_outputs()
         self.length = total
-        return logits.numpy()[0]
+        return binding.get_outputs()[0].numpy()[0]
 
 
 # Embedding lookups read one row per token, not the table.
