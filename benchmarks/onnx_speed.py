@@ -5,7 +5,11 @@ size of model.onnx on disk, peak RSS of a fresh process that loads the folder an
 and ms per decoded token (one token per step through hslm's ONNX Runtime backend) after a
 prompt of 128 and of 900 tokens (the median of 32 steps).
 
-    python benchmarks/onnx_speed.py [--threads 2] [--steps 32]
+Then the reference the issue sets: onnxruntime-genai's model builder makes its own int4
+graph of the same weights, and onnxruntime-genai's generator decodes with both folders, so
+the two graphs are timed by the same loop on the same machine in the same run.
+
+    python benchmarks/onnx_speed.py [--threads 2] [--steps 32] [--no-builder]
 
 Writes benchmarks/results/onnx_speed.{json,md}.
 """
@@ -50,6 +54,61 @@ def measure(folder: Path, threads: int, steps: int) -> dict:
     return result
 
 
+def measure_genai(folder: Path, threads: int, steps: int) -> dict:
+    """Run in a fresh process: ms/token of onnxruntime-genai's own decoding loop."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    config_path = folder / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+    config_path.write_text(json.dumps(config, indent=2))
+    model = og.Model(str(folder))
+    rng = np.random.default_rng(0)
+    result = {}
+    for context in CONTEXTS:
+        params = og.GeneratorParams(model)
+        # The builder's sliding-window cache needs room for a whole window.
+        params.set_search_options(max_length=max(context + steps + 1, 600), do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(rng.integers(6, 8000, context).astype(np.int32))
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            generator.generate_next_token()
+            times.append((time.perf_counter() - start) * 1e3)
+        result[f"ms_per_token_{context}"] = statistics.median(times)
+    return result
+
+
+def build_with_genai_builder(model, tokenizer, work: Path) -> Path:
+    """onnxruntime-genai's model builder's int4 folder for `model` (via a Hugging Face folder).
+    The builder reads `rope_parameters["rope_type"]`, which transformers 5 nests per layer type
+    for Gemma 3, so it is run with the flat form (global base; the local base as
+    `rope_local_base_freq`, which it reads too)."""
+    from hslm.export.hf import save_hf
+
+    save_hf(model, work / "hf", tokenizer=tokenizer)
+    runner = (
+        "import runpy, sys, transformers\n"
+        "load = transformers.AutoConfig.from_pretrained\n"
+        "def flat(*args, **kwargs):\n"
+        "    config = load(*args, **kwargs)\n"
+        "    rope = config.rope_parameters\n"
+        "    config.rope_local_base_freq = rope['sliding_attention']['rope_theta']\n"
+        "    config.rope_theta = rope['full_attention']['rope_theta']\n"
+        "    config.rope_parameters = {'rope_type': 'default', 'rope_theta': config.rope_theta}\n"
+        "    return config\n"
+        "transformers.AutoConfig.from_pretrained = flat\n"
+        "sys.argv = ['builder'] + sys.argv[1:]\n"
+        "runpy.run_module('onnxruntime_genai.models.builder', run_name='__main__')\n")
+    output = work / "genai-builder-int4"
+    subprocess.run([sys.executable, "-c", runner, "-i", str(work / "hf"), "-o", str(output),
+                    "-p", "int4", "-e", "cpu", "-c", str(work / "cache")],
+                   check=True, capture_output=True, cwd=work)
+    return output
+
+
 def peak_rss_mb() -> float:
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child would
     # report its parent's peak (the export's).
@@ -59,7 +118,8 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def export_all(work: Path) -> dict[str, Path]:
+def export_all(work: Path):
+    """(folders by type, the model, its tokenizer)."""
     import torch
 
     from hslm.config import ModelConfig
@@ -83,7 +143,7 @@ def export_all(work: Path) -> dict[str, Path]:
         folders[kind] = work / kind
         quantize_onnx_folder(folders["fp32"], folders[kind], kind)
         print(f"quantized {kind} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return folders
+    return folders, model, tokenizer
 
 
 def render(results: dict) -> str:
@@ -97,6 +157,14 @@ def render(results: dict) -> str:
     for kind, row in results["types"].items():
         lines.append(f"| {kind} | {row['size_mb']:.0f} MB | {row['peak_rss_mb']:.0f} MB | "
                      f"{row['ms_per_token_128']:.1f} | {row['ms_per_token_900']:.1f} |")
+    genai = results.get("genai")
+    if genai:
+        lines += ["", "onnxruntime-genai's generator (its own loop, shared KV buffers) on the same "
+                  "weights, int4:", "",
+                  "| graph | ms/token (128 ctx) | ms/token (900 ctx) |", "|---|---|---|"]
+        for name, row in genai.items():
+            lines.append(f"| {name} | {row['ms_per_token_128']:.1f} | "
+                         f"{row['ms_per_token_900']:.1f} |")
     int4 = 1000 / results["types"]["int4"]["ms_per_token_128"]
     before, after = results["load_average"]
     lines += ["", f"int4 at 128 tokens: {int4:.0f} tokens/s (issue target ≥ 120 on 2 threads: "
@@ -111,26 +179,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--no-builder", action="store_true",
+                        help="skip the comparison with onnxruntime-genai's model builder")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one fresh process
+    parser.add_argument("--measure-genai", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(Path(args.measure), args.threads, args.steps)))
+        return
+    if args.measure_genai:
+        print(json.dumps(measure_genai(Path(args.measure_genai), args.threads, args.steps)))
         return
     import onnxruntime
 
     results = {"threads": args.threads, "steps": args.steps, "onnxruntime": onnxruntime.__version__,
                "cpu": platform.processor() or platform.machine(), "types": {}}
     with tempfile.TemporaryDirectory() as work:
-        folders = export_all(Path(work))
-        load_before = os.getloadavg()[0]
-        for kind in TYPES:
-            done = subprocess.run([sys.executable, __file__, "--measure", str(folders[kind]),
+        folders, model, tokenizer = export_all(Path(work))
+        builder = None if args.no_builder else build_with_genai_builder(model, tokenizer,
+                                                                        Path(work))
+
+        def run(option: str, folder: Path) -> dict:
+            done = subprocess.run([sys.executable, __file__, option, str(folder),
                                    "--threads", str(args.threads), "--steps", str(args.steps)],
                                   capture_output=True, text=True, check=True)
-            row = json.loads(done.stdout.strip().splitlines()[-1])
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        load_before = os.getloadavg()[0]
+        for kind in TYPES:
+            row = run("--measure", folders[kind])
             row["size_mb"] = (folders[kind] / "model.onnx").stat().st_size / 1e6
             results["types"][kind] = row
             print(kind, row, file=sys.stderr)
+        if builder is not None:
+            results["genai"] = {"hslm int4": run("--measure-genai", folders["int4"]),
+                                "model builder int4": run("--measure-genai", builder)}
+            print(results["genai"], file=sys.stderr)
         results["load_average"] = [load_before, os.getloadavg()[0]]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "onnx_speed.json").write_text(json.dumps(results, indent=2) + "\n")
