@@ -84,8 +84,8 @@ def measure_genai(folder: Path, threads: int, steps: int) -> dict:
 def build_with_genai_builder(model, tokenizer, work: Path) -> Path:
     """onnxruntime-genai's model builder's int4 folder for `model` (via a Hugging Face folder).
     The builder reads `rope_parameters["rope_type"]`, which transformers 5 nests per layer type
-    for Gemma 3, so it is run with the flat form (global base; the local base as
-    `rope_local_base_freq`, which it reads too)."""
+    for Gemma 3, so the flat keys are added beside the nested ones (global base; the local base
+    as `rope_local_base_freq`, which it reads too)."""
     from hslm.export.hf import save_hf
 
     save_hf(model, work / "hf", tokenizer=tokenizer)
@@ -93,19 +93,24 @@ def build_with_genai_builder(model, tokenizer, work: Path) -> Path:
         "import runpy, sys, transformers\n"
         "load = transformers.AutoConfig.from_pretrained\n"
         "def flat(*args, **kwargs):\n"
-        "    config = load(*args, **kwargs)\n"
-        "    rope = config.rope_parameters\n"
-        "    config.rope_local_base_freq = rope['sliding_attention']['rope_theta']\n"
-        "    config.rope_theta = rope['full_attention']['rope_theta']\n"
-        "    config.rope_parameters = {'rope_type': 'default', 'rope_theta': config.rope_theta}\n"
-        "    return config\n"
+        "    loaded = load(*args, **kwargs)\n"  # (config, unused kwargs) when asked for them
+        "    config = loaded[0] if isinstance(loaded, tuple) else loaded\n"
+        "    rope = getattr(config, 'rope_parameters', None) or {}\n"
+        "    if 'full_attention' in rope:\n"
+        "        config.rope_local_base_freq = rope['sliding_attention']['rope_theta']\n"
+        "        config.rope_theta = rope['full_attention']['rope_theta']\n"
+        "        rope.update(rope_type='default', rope_theta=config.rope_theta)\n"
+        "    return loaded\n"
         "transformers.AutoConfig.from_pretrained = flat\n"
         "sys.argv = ['builder'] + sys.argv[1:]\n"
         "runpy.run_module('onnxruntime_genai.models.builder', run_name='__main__')\n")
     output = work / "genai-builder-int4"
-    subprocess.run([sys.executable, "-c", runner, "-i", str(work / "hf"), "-o", str(output),
-                    "-p", "int4", "-e", "cpu", "-c", str(work / "cache")],
-                   check=True, capture_output=True, cwd=work)
+    done = subprocess.run([sys.executable, "-c", runner, "-i", str(work / "hf"), "-o",
+                           str(output), "-p", "int4", "-e", "cpu", "-c", str(work / "cache")],
+                          capture_output=True, text=True, cwd=work)
+    if done.returncode != 0:
+        raise SystemExit(f"onnxruntime-genai's model builder failed (--no-builder skips it):\n"
+                         f"{done.stderr[-3000:]}")
     return output
 
 

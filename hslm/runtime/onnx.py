@@ -47,8 +47,12 @@ class OnnxLogits:
         shape = (1, config.n_kv_heads, context_length, config.head_dim)
         self._binding = session.io_binding()
         self._binding.bind_output("logits", "cpu")  # first: get_outputs() keeps binding order
-        for past, present in zip(self.input_names[3:], self.output_names[1:]):
-            buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
+        # Memory owned by ONNX Runtime, held here; columns past the sequence are never read,
+        # so it needs no initialisation.
+        self._buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32)
+                         for _ in self.output_names[1:]]
+        for past, present, buffer in zip(self.input_names[3:], self.output_names[1:],
+                                         self._buffers):
             self._binding.bind_ortvalue_input(past, buffer)
             self._binding.bind_ortvalue_output(present, buffer)
         self.reset()
