@@ -94,7 +94,7 @@ class PastKV:
     ring buffer and no in-place writes, and sliding layers keep every column too (the window is
     applied by the mask). Without an `attention_mask`, every past column is a real token.
     Attention over it is the cache's own `attend`, so that an exporter can replace it by a
-    runtime's fused operator (see `hslm.export.onnx`).
+    runtime's fused operator (see `hslm.export.onnx_attention`).
     """
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
@@ -103,8 +103,9 @@ class PastKV:
 
     def attend(self, layer: int, q, k, v, mask, scale: float, window: int | None) -> torch.Tensor:
         """Append the new keys/values of `layer`; its attention output [B, T, heads * head_dim].
-        q: [B, heads, T, D]; k, v: [B, kv_heads, T, D]; mask: [B, 1, T, past + T] (True = attend,
-        the `window` of sliding layers included)."""
+        q: [B, heads, T, D]; k, v: [B, kv_heads, T, D]; mask: [B, 1, T, past + T] (True = attend).
+        The mask already applies `window` (sliding layers; None: global), which a fused kernel
+        may use to skip columns."""
         self.keys[layer] = torch.cat((self.keys[layer], k), dim=2)
         self.values[layer] = torch.cat((self.values[layer], v), dim=2)
         out = F.scaled_dot_product_attention(q, self.keys[layer], self.values[layer],

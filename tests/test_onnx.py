@@ -48,19 +48,29 @@ def run_graph(session, config, ids, mask, positions, past):
     return logits, presents
 
 
-def test_fp32_graph_matches_pytorch_for_prompt_and_decoding(exported):
-    model, folder = exported
+def run_padded_prompt(model, folder):
+    """A left-padded batch of 48 columns (3 windows) whose prompt (all but the last 16 columns,
+    left to decode) has run through the graph. Returns (session, ids, mask, positions as numpy,
+    prompt length, PyTorch's logits for every column, prompt logits, presents)."""
     config = model.config
     session = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
-    ids, mask, positions = left_padded_batch(config.vocab_size)  # 48 columns, 3 windows
-    prompt = ids.shape[1] - 16  # then 16 decoding steps
+    ids, mask, positions = left_padded_batch(config.vocab_size)
+    prompt = ids.shape[1] - 16
     assert prompt > WINDOW
     with torch.no_grad():
         reference = model(ids, attention_mask=mask).numpy()
     ids, mask, positions = ids.numpy(), mask.numpy(), positions.numpy()
     empty = np.zeros((ids.shape[0], config.n_kv_heads, 0, config.head_dim), np.float32)
-    logits, past = run_graph(session, config, ids[:, :prompt], mask[:, :prompt],
-                             positions[:, :prompt], [empty] * (2 * config.n_layers))
+    logits, presents = run_graph(session, config, ids[:, :prompt], mask[:, :prompt],
+                                 positions[:, :prompt], [empty] * (2 * config.n_layers))
+    return session, ids, mask, positions, prompt, reference, logits, presents
+
+
+def test_fp32_graph_matches_pytorch_for_prompt_and_decoding(exported):
+    model, folder = exported
+    config = model.config
+    session, ids, mask, positions, prompt, reference, logits, past = run_padded_prompt(model,
+                                                                                      folder)
     steps = [logits]
     for column in range(prompt, ids.shape[1]):
         logits, past = run_graph(session, config, ids[:, column:column + 1],
@@ -78,15 +88,8 @@ def test_fp32_graph_decodes_in_place_in_shared_buffers(exported):
     the sequence, bound as both past and present, and updated in place (left-padded batch)."""
     model, folder = exported
     config = model.config
-    session = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
-    ids, mask, positions = left_padded_batch(config.vocab_size)
-    prompt = ids.shape[1] - 16
-    with torch.no_grad():
-        reference = model(ids, attention_mask=mask).numpy()
-    ids, mask, positions = ids.numpy(), mask.numpy(), positions.numpy()
-    empty = np.zeros((ids.shape[0], config.n_kv_heads, 0, config.head_dim), np.float32)
-    _, presents = run_graph(session, config, ids[:, :prompt], mask[:, :prompt],
-                            positions[:, :prompt], [empty] * (2 * config.n_layers))
+    session, ids, mask, positions, prompt, reference, _, presents = run_padded_prompt(model,
+                                                                                     folder)
     capacity = ids.shape[1] + 7
     buffers = []
     for present in presents:
