@@ -44,7 +44,6 @@ OP_NAME = "GroupQueryAttention"
 # Positional inputs of the contrib operator; those hslm leaves empty are named for the schema.
 OP_INPUTS = ("query", "key", "value", "past_key", "past_value", "seqlens_k",
              "total_sequence_length", "cos_cache", "sin_cache", "position_ids", "attention_bias")
-INT32 = 6  # onnx.TensorProto.INT32
 
 
 @torch.library.custom_op("hslm::group_query_attention", mutates_args=())
@@ -114,6 +113,7 @@ def _op_schema():
 def translation_table() -> dict:
     """`custom_translation_table` for `torch.onnx.export`: the custom operator as the contrib
     node, with the lengths it wants computed from the bias's shape."""
+    from onnx import TensorProto
     from onnxscript import opset20 as op
     from onnxscript.values import Op, Opset
 
@@ -123,8 +123,9 @@ def translation_table() -> dict:
                   scale: float, window: int):
         total = op.Shape(bias, start=3, end=4)
         last_column = op.Sub(total, op.Constant(value_ints=[1]))
-        seqlens_k = op.Cast(op.Expand(last_column, op.Shape(key, start=0, end=1)), to=INT32)
-        total_length = op.Cast(op.Squeeze(total), to=INT32)
+        seqlens_k = op.Cast(op.Expand(last_column, op.Shape(key, start=0, end=1)),
+                            to=TensorProto.INT32)
+        total_length = op.Cast(op.Squeeze(total), to=TensorProto.INT32)
         return fused(query, key, value, past_key, past_value, seqlens_k, total_length,
                      None, None, None, bias, num_heads=num_heads, kv_num_heads=kv_heads,
                      scale=scale, local_window_size=window)

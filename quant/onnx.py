@@ -17,7 +17,6 @@ fp32. Attention is already ONNX Runtime's fused operator in the exported graph.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -26,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from hslm.export.onnx import META_PREFIX, MODEL_FILE
+from hslm.export.onnx import MODEL_FILE
+from hslm.runtime.onnx import OnnxLoadError, read_config
 
 BITS = {"int8": 8, "int4": 4}
 BLOCK_SIZE = 32
@@ -102,8 +102,9 @@ def merge_sibling_matmuls(model: onnx.ModelProto) -> int:
     return merged
 
 
-def quantize_model(model: onnx.ModelProto, kind: str) -> onnx.ModelProto:
-    """The quantized and fused graph; metadata_props are kept."""
+def quantize_model(model: onnx.ModelProto, kind: str, context_length: int) -> onnx.ModelProto:
+    """The quantized and fused graph of a model with `context_length` positions;
+    metadata_props are kept."""
     import onnx_ir as ir
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer)
@@ -112,11 +113,6 @@ def quantize_model(model: onnx.ModelProto, kind: str) -> onnx.ModelProto:
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     metadata = {p.key: p.value for p in model.metadata_props}
-    try:
-        context_length = json.loads(metadata[META_PREFIX + "config"])["context_length"]
-    except (KeyError, TypeError, json.JSONDecodeError):
-        raise OnnxQuantizeError("the graph has no hslm model config in its metadata; export it "
-                                "with hslm-export --onnx") from None
     untie_output_head(model)
     merge_sibling_matmuls(model)
     op_types = ("MatMul", "Gather") if BITS[kind] == 4 else ("MatMul",)
@@ -168,7 +164,12 @@ def quantize_onnx_folder(source: str | Path, output: str | Path, kind: str) -> P
     if not (source / MODEL_FILE).is_file():
         raise OnnxQuantizeError(f"no {MODEL_FILE} in {source}")
     _check_kind(kind)
-    quantized = quantize_model(onnx.load(source / MODEL_FILE), kind)
+    graph = onnx.load(source / MODEL_FILE)
+    try:
+        config = read_config({p.key: p.value for p in graph.metadata_props}, source / MODEL_FILE)
+    except OnnxLoadError as err:
+        raise OnnxQuantizeError(str(err)) from None
+    quantized = quantize_model(graph, kind, config.context_length)
     output.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.name != MODEL_FILE and item.is_file():

@@ -18,7 +18,7 @@ from hslm.export.hf import save_hf
 from hslm.export.onnx import GENAI_CONFIG_FILE, MODEL_FILE, export_onnx, io_names
 from hslm.generate import SamplingParams, TorchLogits, generate, generate_ids
 from hslm.parity import kl_divergence, validation_windows
-from hslm.quant.onnx import quantize_onnx_folder
+from hslm.quant.onnx import OnnxQuantizeError, quantize_onnx_folder
 from hslm.runtime import Runtime, RuntimeLoadError, load
 from hslm.runtime.onnx import OnnxLoadError, load_onnx
 from hslm.tokenizer import CHAT_TEMPLATE, HF_CONFIG_FILE, HF_TOKENIZER_FILE
@@ -282,6 +282,23 @@ def test_bad_folders_are_refused_clearly(trained, hindi_data_dir, tmp_path, dama
         _set_metadata(folder, None, None)
     with pytest.raises(RuntimeLoadError, match=message):
         load(folder)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("another hslm version", "exported by hslm 0.0.1"),
+    ("no hslm metadata", "not exported by hslm"),
+])
+def test_quantizing_a_foreign_graph_is_refused_clearly(trained, tmp_path, damage, message):
+    _, root = trained
+    folder = tmp_path / "onnx"
+    shutil.copytree(root / "fp32", folder)
+    if damage == "another hslm version":
+        _set_metadata(folder, "hslm.version", "0.0.1")
+    else:
+        _set_metadata(folder, None, None)
+    with pytest.raises(OnnxQuantizeError, match=message):
+        quantize_onnx_folder(folder, tmp_path / "int4", "int4")
+    assert not (tmp_path / "int4").exists()
 
 
 def test_context_longer_than_the_models_is_refused(trained):
