@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from hslm.apps.common import DTYPES, UsageError, fail
 from hslm.generate import Generation, SamplingParams
@@ -43,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     from hslm.runtime import load
+    from hslm.runtime.engine import is_onnx_path
 
     args = build_parser().parse_args(argv)
+    if args.onnx and not is_onnx_path(Path(args.onnx)):  # else it would be taken for PyTorch's
+        fail(f"{args.onnx} is not an ONNX folder (no model.onnx); export one with "
+             "hslm-export --onnx")
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     try:
         params = SamplingParams(

@@ -238,6 +238,15 @@ def test_generate_command_runs_an_onnx_folder(trained, trained_tokenizer, capsys
     assert capsys.readouterr().out == expected.text + "\n"
 
 
+def test_generate_command_refuses_a_folder_without_a_graph(tmp_path, capsys):
+    from hslm.apps.generate import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--onnx", str(tmp_path), "--prompt", "भारत"])
+    assert exit_info.value.code != 0
+    assert "is not an ONNX folder (no model.onnx)" in capsys.readouterr().err
+
+
 def _other_tokenizer(folder, hindi_data_dir, tmp_path):
     from hslm.tokenizer import train_tokenizer
 
