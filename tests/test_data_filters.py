@@ -1,18 +1,14 @@
 """The data pipeline's filters as pure functions: real Hindi text from ../shared/data/hindi for
-the positive and negative cases, hand-made strings where real text has none (PII, other
-languages), and Hypothesis for arbitrary Unicode."""
+the positive and negative cases, hand-made strings where real text has none (other
+languages), and Hypothesis for arbitrary Unicode. PII scrubbing: test_pii.py."""
 
 from __future__ import annotations
-
-import re
-from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hslm.data.language import identify, words
-from hslm.data.pii import luhn_valid, scrub, verhoeff_valid
 from hslm.data.quality import (QualityThresholds, legacy_font_damage, quality_problem,
                                remove_boilerplate)
 from hslm.data.safety import SafetyLists
@@ -110,67 +106,6 @@ def test_boilerplate_lines_are_removed():
     assert cleaned.splitlines() == [text.splitlines()[0], text.splitlines()[-1]]
     # A sentence that merely mentions reading is not boilerplate.
     assert remove_boilerplate("उसने किताब पढ़ें या नहीं, यह तय नहीं था।")[1] == 0
-
-
-# ------------------------------------------------------------------ PII
-def valid_aadhaar(prefix: str = "23412341234") -> str:
-    return next(prefix + str(d) for d in range(10) if verhoeff_valid(prefix + str(d)))
-
-
-def test_verhoeff_and_luhn():
-    number = valid_aadhaar()
-    assert verhoeff_valid(number)
-    assert not verhoeff_valid(number[:-1] + str((int(number[-1]) + 1) % 10))
-    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
-
-
-@pytest.mark.parametrize("text, expected, kind", [
-    ("मेरा ईमेल ram.kumar@example.co.in है", "मेरा ईमेल <EMAIL> है", "email"),
-    ("फ़ोन +91 98765 43210 पर करें", "फ़ोन <PHONE> पर करें", "phone"),
-    ("call 09876543210 now", "call <PHONE> now", "phone"),
-    ("कार्ड 4111 1111 1111 1111 से भुगतान", "कार्ड <CARD> से भुगतान", "card"),
-    ("PAN ABCPE1234F जमा करें", "PAN <PAN> जमा करें", "pan"),
-    ("IFSC SBIN0001234 लिखें", "IFSC <IFSC> लिखें", "ifsc"),
-    ("सर्वर 192.168.10.254 बंद है", "सर्वर <IP> बंद है", "ip"),
-    ("पता: मकान नं. 12/3, गांधी नगर", "पता: <ADDRESS>, गांधी नगर", "address"),
-    ("House No. 45B, MG Road", "<ADDRESS>, MG Road", "address"),
-])
-def test_pii_is_replaced_by_typed_placeholders(text, expected, kind):
-    scrubbed, counts = scrub(text)
-    assert scrubbed == expected
-    assert counts == {kind: 1}
-
-
-def test_valid_aadhaar_is_scrubbed_and_lookalikes_survive():
-    number = valid_aadhaar()
-    spaced = f"{number[:4]} {number[4:8]} {number[8:]}"
-    assert scrub(f"आधार {spaced} है") == ("आधार <AADHAAR> है", {"aadhaar": 1})
-    assert scrub(f"आधार {number} है")[0] == "आधार <AADHAAR> है"
-    wrong = number[:-1] + str((int(number[-1]) + 1) % 10)  # fails Verhoeff
-    for text in (f"खाता संख्या {wrong} है", "कार्ड 4111 1111 1111 1112 नहीं",
-                 "2020 में 1,234,567 लोग आए", "संस्करण 1.2.3.4.5 जारी", "पिन कोड 110001 है",
-                 "कुल 98765 मामले"):
-        assert scrub(text) == (text, {}), text
-
-
-def test_real_news_keeps_its_ordinary_numbers(hindi_data_dir):
-    """Dates, counts and years survive; what is replaced are the phone numbers the news
-    printed (shops' and helplines' mobile numbers)."""
-    lines = real_lines(hindi_data_dir, "news_covid19_hindi_newspapers_2020.txt")[:3000]
-    short_number = re.compile(r"(?<![\d,.])\d{1,9}(?![\d,.]?\d)")
-    replaced = Counter()
-    for line in lines:
-        scrubbed, counts = scrub(line)
-        replaced += counts
-        assert short_number.findall(scrubbed) == short_number.findall(line), line
-    assert set(replaced) == {"phone"} and replaced["phone"] > 30
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200))
-def test_scrubbing_arbitrary_text_never_crashes_and_is_idempotent(text):
-    once, _ = scrub(text)
-    assert scrub(once) == (once, {})
 
 
 @settings(max_examples=300, deadline=None)
