@@ -199,7 +199,8 @@ def adversarial_inputs(length: int) -> dict[str, str]:
         "digit-slash": "1/", "at signs": "@", "letter-at": "a@", "local part": "a.",
         "percent local part": "a%", "colons": ":", "hex and colons": "a1:",
         "bracketed at": "a [at] ", "dot words": "a [dot] ", "letters and digits": "A1",
-        "state codes": "MH12", "PAN-like": "ABCPE", "Devanagari glued to digits": "क9", "Devanagari digits": "९", "Devanagari letters": "कि",
+        "state codes": "MH12", "PAN-like": "ABCPE", "Devanagari glued to digits": "क9",
+        "Devanagari digits": "९", "Devanagari letters": "कि",
         "account word": "खाता ", "flat": "flat ", "house no": "H.No. ",
     }
     # Each ends with a digit and an "@" so that no input takes the no-digit, no-"@" fast exit.

@@ -88,10 +88,10 @@ _ASCII_DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
 # Boundaries. Each pattern starts with a character class, which `re` scans for quickly, and
 # checks what comes before that first character right after it (a lookbehind as the first
 # item would run at every position). A number's first digit comes not after an ASCII letter
-# or digit, nor after a digit and a separator (the tail of a longer number); a Devanagari
+# or digit or a "+" (a phone number's country code), nor after a digit and a separator (the
+# tail of a longer number); a Devanagari
 # letter or sign before is fine: ids are glued to Hindi words.
-_NOT_AFTER_NUMBER = r"(?<![0-9A-Za-z_].)(?<![0-9][.,/-].)"
-_START = r"(?<![0-9A-Za-z_])(?<![0-9][.,/-])"  # the same where the first item is optional
+_NOT_AFTER_NUMBER = r"(?<![0-9A-Za-z_+].)(?<![0-9][.,/-].)"
 # Not followed by a digit, nor by a separator and a digit.
 _END = r"(?![0-9]|[.,/\-\u2013][0-9])"
 _NOT_AFTER_ALNUM, _ALNUM_END = r"(?<![0-9A-Za-z].)", r"(?![0-9A-Za-z])"
@@ -134,7 +134,7 @@ def _landline() -> str:
 
 
 def _address() -> list[str]:
-    number = r"[0-9]+[A-Za-z]?(?:[/-][0-9A-Za-z]{1,8}){0,3}"
+    number = f"[0-9]+[A-Za-z]?(?:[/-][0-9A-Za-z{_DEVANAGARI}]{{1,8}}){{0,3}}"  # 12/3, 17-बी
     # "Flat 302" and "फ्लैट 302" without "no.", but not a discount ("flat 50% off").
     not_discount = ("(?![0-9A-Za-z]|\\s*(?i:%|percent|off|rs|₹|रु|प्रतिशत|फ\u093c?ीसदी|की छूट|"
                     "discount|cashback))")
@@ -182,19 +182,20 @@ _PATTERNS: list[tuple[str, re.Pattern, _Valid | None]] = [
     ("passport", re.compile(f"[A-Z]{_NOT_AFTER_ALNUM}[0-9]{{7}}{_ALNUM_END}"), None),
     # Bank account: 9-18 digits after an account word, or before an IFSC.
     ("account", re.compile(
-        f"[Aaखअए](?<![A-Za-z{_DEVANAGARI}].)(?:(?<=[Aa])(?i:/c|cct|ccount)|(?<=ख)ाता|(?<=[अए])काउंट)"
+        f"[Aaखअए](?<![A-Za-z{_DEVANAGARI}].)"
+        r"(?:(?<=[Aa])(?i:/c|cct|ccount)|(?<=ख)ाता|(?<=[अए])काउंट)"
         r"(?:\s?(?i:no\.?|number|संख्या|नं\.?|नंबर|क्रमांक|#))?\s?[:-]?\s?"
         r"(?P<id>[0-9]{9,18})(?![0-9])"), None),
     ("account", re.compile(r"[0-9](?<![0-9].)[0-9]{8,17}(?![0-9])"
                            r"(?=[^\n0-9]{0,40}(?:IFSC|आईएफएससी|[A-Z]{4}0[A-Z0-9]{6}))"), None),
-    ("aadhaar", re.compile(
-        f"[2-9]{_NOT_AFTER_NUMBER}[0-9]{{3}}{_ID_SEP}?[0-9]{{4}}{_ID_SEP}?[0-9]{{4}}{_END}"),
-     lambda m: verhoeff_valid(_digits(m))),
     # ABHA: 14 digits written 2-4-4-4, or after the word ABHA.
     ("abha", re.compile(
         f"[0-9]{_NOT_AFTER_NUMBER}[0-9]([ -])[0-9]{{4}}\\1[0-9]{{4}}\\1[0-9]{{4}}{_END}"), None),
     ("abha", re.compile(f"[Aaआ](?<![A-Za-z{_DEVANAGARI}].)(?:(?<=[Aa])(?i:bha)|(?<=आ)भा)"
                         r"[^\n0-9]{0,30}(?P<id>[0-9]{14})(?![0-9])"), None),
+    ("aadhaar", re.compile(
+        f"[2-9]{_NOT_AFTER_NUMBER}[0-9]{{3}}{_ID_SEP}?[0-9]{{4}}{_ID_SEP}?[0-9]{{4}}{_END}"),
+     lambda m: verhoeff_valid(_digits(m))),
     ("card", re.compile(f"[0-9]{_NOT_AFTER_NUMBER}(?:[ -]?[0-9]){{12,18}}{_END}"),
      lambda m: luhn_valid(_digits(m))),
     ("phone", re.compile(_mobile()), None),
