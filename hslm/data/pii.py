@@ -13,9 +13,10 @@ a bare 14-digit ABHA number the word ABHA. What is not covered, and why: README,
   word (`मोबाइल9876543210`) and splits Hindi words inside.
 - The patterns run in a fixed order, each on the text with what earlier ones found masked, so
   a GSTIN is not half-matched as a PAN nor a card number as a phone number.
-- Linear time on any input: a pattern that starts with a repeated character class is preceded
-  by a lookbehind excluding that class (a run is tried once, from its start), and repetitions
-  are of single classes or of bounded groups whose parts cannot match the same characters.
+- Linear time on any input: a pattern that starts with a repeated character class checks,
+  right after its first character, that the one before is not of that class (a run is tried
+  once, from its start), and repetitions are of single classes or of bounded groups whose
+  parts cannot match the same characters (tested on adversarial inputs).
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ _ASCII_DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
 # checks what comes before that first character right after it (a lookbehind as the first
 # item would run at every position). A number's first digit comes not after an ASCII letter
 # or digit or a "+" (a phone number's country code), nor after a digit and a separator (the
-# tail of a longer number); a Devanagari
-# letter or sign before is fine: ids are glued to Hindi words.
+# tail of a longer number); a Devanagari letter or sign before is fine: ids are glued to
+# Hindi words.
 _NOT_AFTER_NUMBER = r"(?<![0-9A-Za-z_+].)(?<![0-9][.,/-].)"
 # Not followed by a digit, nor by a separator and a digit.
 _END = r"(?![0-9]|[.,/\-\u2013][0-9])"
@@ -115,8 +116,8 @@ def _email() -> str:
 
 def _mobile() -> str:
     s = _SEP
-    # The first character is the prefix's or the number's own first digit: [6-9] again after
-    # a prefix, or the one already read.
+    # The first character read is a prefix's ("+", "(", "0", the 9 of "91") or the number's
+    # own first digit, 6-9.
     prefix = rf"(?<=\+)91{s}?|(?<=\()\+?91\){s}?|(?<=0)(?:091)?{s}?|(?<=9)1{s}?"
     groupings = (f"[0-9]{{9}}|[0-9]{{4}}{s}[0-9]{{5}}|[0-9]{{2}}{s}[0-9]{{3}}{s}[0-9]{{4}}|"
                  f"[0-9]{{3}}{s}[0-9]{{3}}{s}[0-9]{{3}}|[0-9]{{3}}{s}[0-9]{{6}}|"
@@ -135,9 +136,10 @@ def _landline() -> str:
 
 def _address() -> list[str]:
     number = f"[0-9]+[A-Za-z]?(?:[/-][0-9A-Za-z{_DEVANAGARI}]{{1,8}}){{0,3}}"  # 12/3, 17-बी
-    # "Flat 302" and "फ्लैट 302" without "no.", but not a discount ("flat 50% off").
+    # "Flat 302" and "फ्लैट 302" without "no.", but not a discount ("flat 50% off") or a
+    # flat's size ("2 BHK flat" is the usual order, "flat 2 BHK" happens).
     not_discount = ("(?![0-9A-Za-z]|\\s*(?i:%|percent|off|rs|₹|रु|प्रतिशत|फ\u093c?ीसदी|की छूट|"
-                    "discount|cashback))")
+                    "discount|cashback|bhk|बीएचके))")
     return [
         r"[HhFfPp](?<![A-Za-z].)(?i:(?<=h)ouse|(?<=f)lat|(?<=p)lot|(?<=h)\.)\s*"
         r"(?i:no\.?|number|#)\s*" + number,
