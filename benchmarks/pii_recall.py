@@ -5,7 +5,8 @@ time): for every format in `FORMS`, `LINES_PER_FORM` lines made by putting a ran
 of that format (seeded; Aadhaar numbers pass Verhoeff, card numbers Luhn, PANs have a valid
 holder-type letter, GSTINs the "Z") into a Hindi or Hinglish sentence of its type from
 `TEMPLATES` (some sentences also hold years, prices and counts, which must survive), plus the
-hand-written lines in `HAND_WRITTEN`, some in forms the scrubber does not cover. Each line
+hand-written lines in `HAND_WRITTEN`, some in forms the scrubber does not cover, and the
+PII-free lines in `NEAR_MISSES`, full of numbers that look like ids. Each line
 records its PII spans with type and form. A labelled span is found when one span that
 `hslm.data.pii.find_pii` returns covers it; "right placeholder" when that span's type is the
 labelled one. Found spans that touch no label are over-scrubs.
@@ -333,8 +334,56 @@ def generated_lines(seed: int = SEED) -> list[dict]:
     return lines
 
 
+# Hand-written lines with no PII but numbers shaped like ids: anything found in them is an
+# over-scrub.
+NEAR_MISSES = [
+    "भारत ने 2011 में विश्व कप जीता और 28 साल का इंतज़ार ख़त्म हुआ।",
+    "सन् १९४७ में १५ अगस्त को देश आज़ाद हुआ।",
+    "सत्र 2019-2020 की परीक्षाएं 12.05.2020 से 30/05/2020 तक होंगी।",
+    "बैठक 2020-05-12 को सुबह 10:30 बजे शुरू हुई और 02:53:00 PM पर खत्म।",
+    "नया फोन ₹9,999 में, पुराना Rs. 1,49,999 का था।",
+    "जनसंख्या 1,21,08,54,977 है और साक्षरता 74.04 प्रतिशत।",
+    "इस साल 7,50,00,000 रुपये का बजट पास हुआ।",
+    "पिन कोड 110001 और 226010 वाले इलाकों में दुकानें बंद रहीं।",
+    "ISBN 978-3-16-148410-0 वाली किताब और ISBN 81-7525-766-0 दोनों मिलीं।",
+    "भारत ने 50 ओवर में 287/4 बनाए, कोहली 183(148) पर नाबाद रहे।",
+    "मैच 3:1 से जीता और स्कोर 2-1 रहा।",
+    "एंड्रॉयड 4.4.2 किटकैट और 10.2.1 वर्जन पर ऐप चलता है।",
+    "संस्करण 1.2.3.4.5 में 256 GB स्टोरेज और 8 GB रैम है।",
+    "ट्रेन 12951 राजधानी एक्सप्रेस 16:55 पर प्लेटफॉर्म 3 से चलेगी।",
+    "Flat 50% off sab kapdon par, flat 500 rupaye ki chhoot bhi.",
+    "फ्लैट 20 प्रतिशत छूट के साथ 2 BHK flat सिर्फ़ 45 लाख में।",
+    "UP 2022 चुनाव में MP 12 सीटें और 403 में से 255 सीटें मिलीं।",
+    "COVID-19 के 1,234,567 मामले और H1N1 के 98765 मामले दर्ज हुए।",
+    "PM2.5 का स्तर 300 और PM10 का 450 रहा।",
+    "Galaxy S10, iPhone 11 और Redmi Note 8 Pro की बिक्री 2019 में बढ़ी।",
+    "धारा 144 और IPC 302 के तहत 17 लोगों पर मुकदमा दर्ज हुआ।",
+    "NH-24 पर 120 km/h की रफ़्तार से 3 गाड़ियां टकराईं।",
+    "तापमान 45.6 डिग्री और नमी 23% दर्ज की गई।",
+    "सेंसेक्स 38,000 के पार, निफ्टी 11,200 पर बंद हुआ।",
+    "रेपो रेट 4.40 से घटकर 4.00 प्रतिशत हुई।",
+    "कक्षा 10 में 98.6% और कक्षा 12 में 96.4% अंक आए।",
+    "मोबाइल नंबर 10 अंकों का होता है और आधार 12 अंकों का।",
+    "हैंडल @CovidIndiaSeva और फेसबुक पेज@RavishKaPage पर जानकारी है।",
+    "पासवर्ड house123@# जैसा न रखें।",
+    "Moral Of This Story :: मेहनत करो।",
+    "वर्ष 2001:2002 का अनुपात 3:4 था।",
+    "अध्याय 3, श्लोक 16 से 24 तक पढ़ें।",
+    "खाता खोलने के लिए 500 रुपये और 2 फोटो चाहिए।",
+    "उसने दिखाता 123456789 का बोर्ड लगाया।",
+    "ऑर्डर संख्या 40817263 और ट्रैकिंग 5512 है।",
+    "दिल्ली से 1,400 किमी दूर 11 बजे पहुंचे।",
+    "वह 1857 की क्रांति पर 300 पन्नों की किताब लिख रहे हैं।",
+    "रेल बजट 2020-21 में 1.6 लाख करोड़ रुपये।",
+    "Mujhe 25 December ko 2 baje 3 tickets chahiye.",
+    "Kal 9 baje 15 logon ki meeting hai, room 402 mein.",
+]
+
+
 def labelled_set() -> list[dict]:
-    return generated_lines() + [parse_marked(line) for line in HAND_WRITTEN]
+    return (generated_lines() + [parse_marked(line) for line in HAND_WRITTEN]
+            + [{"text": normalize(line), "spans": [], "source": "near miss"}
+               for line in NEAR_MISSES])
 
 
 def measure_labelled(lines: list[dict]) -> dict:
@@ -404,7 +453,8 @@ def markdown(report: dict) -> str:
         "",
         f"Recall on {labelled['lines']} labelled Hindi/Hinglish lines ({labelled['spans']} PII "
         f"spans: generated from templates with seeded random identifiers, plus "
-        f"{report['hand_written_lines']} hand-written lines; "
+        f"{report['hand_written_lines']} hand-written lines and {report['near_miss_lines']} "
+        "hand-written lines with no PII but id-like numbers; "
         "`benchmarks/data/pii_labelled.jsonl`). "
         f"False positives on {clean['lines']:,} real lines sampled (seed {report['seed']}) from "
         f"`{report['data_dir']}` ({clean['lines_with_a_digit_or_at']} of them hold a digit or "
@@ -436,7 +486,7 @@ def markdown(report: dict) -> str:
     unreviewed = sum(v.get("not_reviewed", 0) for v in corpus["by_type"].values())
     lines += [f"Scrubs on the real text not yet reviewed: {unreviewed}.", ""]
     lines += ["Over-scrubbed in the labelled lines (a span that touches no label: the years, "
-              "prices and counts in the sentences): "
+              "prices, dates, scores, versions and counts in the sentences and near misses): "
               + (", ".join(f"{k} {v}" for k, v in labelled["over_scrubbed_by_type"].items())
                  or "none") + ".", ""]
     lines += ["## Recall per form", "", "| type / form | spans | recall |", "|---|---:|---:|"]
@@ -469,6 +519,7 @@ def main() -> None:
     review = json.loads((DATA / "pii_corpus_review.json").read_text("utf-8"))
     report = {
         "seed": SEED, "hand_written_lines": len(HAND_WRITTEN),
+        "near_miss_lines": len(NEAR_MISSES),
         "data_dir": os.path.relpath(args.data_dir, REPO_ROOT),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "labelled": measure_labelled(lines),

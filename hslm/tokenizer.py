@@ -8,31 +8,43 @@ A tokenizer folder holds three files that give identical ids:
 
 The SentencePiece model does no normalisation of its own (rule "identity", no dummy prefix,
 whitespace kept): `Tokenizer.encode` normalises with `hslm.normalize.normalize` first, and
-tokenizer.json carries the same normalisation (`hslm.hf_tokenizer`): on any text it gives
-`Tokenizer.encode`'s ids, and on normalised text SentencePiece's. Byte fallback makes decoding
-lossless: `decode(encode(x)) == normalize(x)`.
+the Hugging Face files expect text normalised the same way. tokenizer.model and tokenizer.json
+give the same ids on any text, normalised or not, and byte fallback makes decoding lossless:
+`decode(encode(x)) == normalize(x)`.
 
 Special tokens use Gemma's ids 0-5. `<start_of_turn>` and `<end_of_turn>` are control tokens,
-like `<bos>`: decoding skips them. Plain SentencePiece spells out a special token's name found
-in the text; `Tokenizer.encode`, like Hugging Face and llama.cpp's special-token parsing, gives
-its id, so a rendered chat template encodes to the right ids. "\\n" and "\\t" are
-user-defined tokens: SentencePiece trains line by line and would otherwise never learn a
-newline; as their own tokens they never merge.
+like `<bos>`: decoding skips them. "\\n" and "\\t" are user-defined tokens: SentencePiece
+trains line by line and would otherwise never learn a newline; as their own tokens they never
+merge.
+
+Control ids come only from hslm's own code, never from text. `Tokenizer.encode` encodes text
+as text: a "<eos>" (or any other special token's name) in a web page, an SFT message or a
+user's prompt becomes the pieces of its characters, as plain SentencePiece does, and decodes
+back to itself. Document boundaries (`<bos>` ... `<eos>`) are added as ids by the shard writer;
+a conversation's `<bos>`, `<start_of_turn>` and `<end_of_turn>` come from `encode_chat`, which
+encodes the template's structure as ids and every message as text, so no message can end a
+turn or forge one. (The Jinja template in tokenizer_config.json renders a string that
+transformers, llama.cpp --jinja and onnxruntime-genai then parse for special tokens: for
+ordinary messages their ids equal `encode_chat`'s, but those tools do not guard against
+control strings inside messages.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import sentencepiece as spm
 from google.protobuf.message import DecodeError
 from sentencepiece.sentencepiece_model_pb2 import ModelProto
+from tokenizers import AddedToken, decoders, models, normalizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 from tqdm import tqdm
 
@@ -40,7 +52,8 @@ from hslm.normalize import normalize
 
 __all__ = [
     "PAD", "EOS", "BOS", "UNK", "START_OF_TURN", "END_OF_TURN", "SPECIAL_TOKENS",
-    "MODEL_FILE", "HF_TOKENIZER_FILE", "HF_CONFIG_FILE", "CHAT_TEMPLATE",
+    "MODEL_FILE", "HF_TOKENIZER_FILE", "HF_CONFIG_FILE", "CHAT_TEMPLATE", "ChatPart",
+    "chat_parts", "render_chat", "encode_chat", "encode_chat_parts",
     "WHITESPACE_TOKENS", "TokenizerError", "Tokenizer", "train_tokenizer", "read_lines",
     "fertility", "merge_fertility",
 ]
@@ -58,8 +71,8 @@ MODEL_MAX_LENGTH = 1024  # the hindi-270m context; callers that know the model p
 _Piece = ModelProto.SentencePiece
 
 # Gemma's conversation format: an optional system message goes in front of the first user
-# turn, "assistant" is spelled "model", every turn's text is trimmed. `Tokenizer.
-# apply_chat_template` is the same rules in Python; the tests hold the two to each other.
+# turn, "assistant" is spelled "model", every turn's text is trimmed. `chat_parts` is the same
+# rules in Python; the tests hold the two to each other.
 CHAT_TEMPLATE = (
     "{%- if not messages -%}{{ raise_exception('the conversation has no messages') }}{%- endif -%}"
     "{%- for message in messages -%}{%- if message.content is not string -%}"
@@ -107,8 +120,6 @@ class Tokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=model)
         self._piece_bytes = tuple(_bytes_of(piece) for piece in proto.pieces)
         self._special_ids = {token: self._sp.piece_to_id(token) for token in SPECIAL_TOKENS}
-        # A capturing split: the special token strings land at the odd indices.
-        self._special_split = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -183,8 +194,8 @@ class Tokenizer:
 
     # ---------------------------------------------------------------- text <-> ids
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        """Normalise `text` and encode it (after `<bos>` if `add_bos`); special token strings in
-        it become their ids."""
+        """Normalise `text` and encode it as text (after `<bos>` if `add_bos`): a special token's
+        name in it is spelled out, never its id."""
         return self.encode_batch([text], add_bos)[0]
 
     def encode_bytes(self, data: bytes) -> list[int]:
@@ -203,29 +214,20 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], add_bos: bool = False,
                      num_threads: int | None = None) -> list[list[int]]:
         """`encode` for many texts at once, with SentencePiece's threads (default: all cores)."""
-        split_texts = [self._special_split.split(normalize(text)) for text in texts]
-        plain_parts = [part for parts in split_texts for part in parts[::2]]
-        encoded = iter(self._sp.encode(plain_parts, num_threads=num_threads or os.cpu_count()))
-        batch = []
-        for parts in split_texts:
-            ids = [self.bos_id] if add_bos else []
-            for index, part in enumerate(parts):
-                if index % 2:
-                    ids.append(self._special_ids[part])
-                else:
-                    ids.extend(next(encoded))
-            batch.append(ids)
-        return batch
+        # SentencePiece never matches a control or unknown piece in text: it spells it out.
+        batch = self._sp.encode([normalize(text) for text in texts],
+                                num_threads=num_threads or os.cpu_count())
+        return [[self.bos_id, *ids] for ids in batch] if add_bos else batch
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`: control and unknown tokens add nothing, bytes that are not UTF-8
         become U+FFFD."""
         return b"".join(map(self.piece_bytes, ids)).decode("utf-8", errors="replace")
 
-    def apply_chat_template(self, messages: Sequence[dict],
-                            add_generation_prompt: bool = True) -> str:
-        """See `render_chat` (the same for every tokenizer of hslm's vocabulary)."""
-        return render_chat(messages, add_generation_prompt)
+    def encode_chat(self, messages: Sequence[dict],
+                    add_generation_prompt: bool = True) -> list[int]:
+        """See `encode_chat` (the module's function)."""
+        return encode_chat(self, messages, add_generation_prompt)
 
     # ---------------------------------------------------------------- files
     def save(self, output_dir: str | Path, model_max_length: int = MODEL_MAX_LENGTH) -> Path:
@@ -233,43 +235,118 @@ class Tokenizer:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / MODEL_FILE).write_bytes(self._model)
-        from hslm.hf_tokenizer import save_hf_files  # it imports this module's names
-
-        save_hf_files(self, output_dir, model_max_length)
+        self.to_hf_tokenizer().save(str(output_dir / HF_TOKENIZER_FILE))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD,
+            "add_bos_token": True, "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": model_max_length,
+            "chat_template": CHAT_TEMPLATE,
+        }
+        (output_dir / HF_CONFIG_FILE).write_text(
+            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return output_dir
 
     def to_hf_tokenizer(self) -> HFTokenizer:
-        """The same tokenizer as a `tokenizers.Tokenizer` (what tokenizer.json holds; see
-        `hslm.hf_tokenizer`)."""
-        from hslm.hf_tokenizer import to_hf_tokenizer
+        """The same tokenizer as a `tokenizers.Tokenizer` (what tokenizer.json holds).
 
-        return to_hf_tokenizer(self)
+        SentencePiece BPE merges, at every step, the adjacent pair whose concatenation is the
+        piece with the highest score (leftmost first). A `tokenizers` BPE merges the pair with
+        the lowest rank, so every way of cutting a piece into two vocabulary pieces becomes a
+        merge, ranked by that piece's score.
+        """
+        pieces = self._proto.pieces
+        vocab = {piece.piece: token_id for token_id, piece in enumerate(pieces)}
+        mergeable = {piece.piece for piece in pieces if piece.type == _Piece.NORMAL}
+        learned = sorted((piece.piece for piece in pieces
+                          if piece.type == _Piece.NORMAL and len(piece.piece) > 1),
+                         key=lambda text: -pieces[vocab[text]].score)
+        merges = [(text[:cut], text[cut:]) for text in learned for cut in range(1, len(text))
+                  if text[:cut] in mergeable and text[cut:] in mergeable]
+        unk = pieces[self.unk_id].piece
+        hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True,
+                                    byte_fallback=True))
+        hf.normalizer = normalizers.Replace(" ", "▁")
+        hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                        decoders.Fuse()])
+        hf.add_special_tokens([AddedToken(piece.piece, special=True, normalized=False)
+                               for piece in pieces
+                               if piece.type in (_Piece.CONTROL, _Piece.UNKNOWN)])
+        hf.add_tokens([AddedToken(piece.piece, special=False, normalized=False)
+                       for piece in pieces if piece.type == _Piece.USER_DEFINED])
+        hf.post_processor = processors.TemplateProcessing(
+            single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+            special_tokens=[(BOS, self.bos_id)])
+        return hf
 
 
-def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-    """Render a conversation ([{"role": ..., "content": ...}, ...]) in Gemma's format, exactly
-    as the Jinja `chat_template` in tokenizer_config.json does. The result starts with
-    "<bos>", so encode it with `add_bos=False`."""
+class ChatPart(NamedTuple):
+    """One piece of a conversation in Gemma's format: a control token the template puts there,
+    or text."""
+
+    text: str  # the text, or the control token's name (BOS, START_OF_TURN or END_OF_TURN)
+    control: bool
+    answer: bool = False  # a model turn's own text and end: what fine-tuning learns
+
+
+def chat_parts(messages: Sequence[dict], add_generation_prompt: bool = True) -> list[ChatPart]:
+    """A conversation ([{"role": ..., "content": ...}, ...]) in Gemma's format, as the Jinja
+    `chat_template` in tokenizer_config.json renders it, cut into control tokens and text.
+    Only the template's structure is a control part; message content is always text."""
     if not messages:
         raise TokenizerError("the conversation has no messages")
-    if not all(isinstance(message["content"], str) for message in messages):
+    if not all(isinstance(message, dict) for message in messages):
+        raise TokenizerError("every message must be a {'role': ..., 'content': ...} object")
+    if not all(isinstance(message.get("content"), str) for message in messages):
         raise TokenizerError("message content must be a string")
     system_prefix, turns = "", list(messages)
-    if messages[0]["role"] == "system":
+    if messages[0].get("role") == "system":
         system_prefix, turns = messages[0]["content"] + "\n\n", turns[1:]
         if not turns:
             raise TokenizerError("a system message must be followed by a user message")
-    text = BOS
+    parts = [ChatPart(BOS, True)]
     for index, message in enumerate(turns):
-        role = "model" if message["role"] in ("assistant", "model") else message["role"]
+        role = "model" if message.get("role") in ("assistant", "model") else message.get("role")
         if role != ("user" if index % 2 == 0 else "model"):
             raise TokenizerError("roles must alternate user, assistant, user, ... after an "
                                  "optional system message")
         prefix = system_prefix if index == 0 else ""
-        text += f"{START_OF_TURN}{role}\n{prefix}{message['content'].strip()}{END_OF_TURN}\n"
+        answer = role == "model"
+        # The header is a part of its own: it is also the generation prompt, which a model
+        # turn's text must follow with the token boundaries inference will have.
+        parts += [ChatPart(START_OF_TURN, True), ChatPart(f"{role}\n", False),
+                  ChatPart(prefix + message["content"].strip(), False, answer),
+                  ChatPart(END_OF_TURN, True, answer), ChatPart("\n", False, answer)]
     if add_generation_prompt:
-        text += f"{START_OF_TURN}model\n"
-    return text
+        parts += [ChatPart(START_OF_TURN, True), ChatPart("model\n", False)]
+    return parts
+
+
+def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    """The conversation as the Jinja `chat_template` renders it (a string that starts with
+    "<bos>"), for display and for tools that take the template; hslm encodes conversations
+    with `encode_chat`, never by parsing this string."""
+    return "".join(part.text for part in chat_parts(messages, add_generation_prompt))
+
+
+def encode_chat_parts(tokenizer, parts: Sequence[ChatPart]) -> list[list[int]]:
+    """The ids of each part: a control part its token's id, a text part `tokenizer.encode` of
+    its text (text only). `tokenizer` is hslm's or a backend's with the same interface."""
+    control_ids = {BOS: tokenizer.bos_id, START_OF_TURN: tokenizer.start_of_turn_id,
+                   END_OF_TURN: tokenizer.end_of_turn_id}
+    return [[control_ids[part.text]] if part.control else tokenizer.encode(part.text)
+            for part in parts]
+
+
+def encode_chat(tokenizer, messages: Sequence[dict],
+                add_generation_prompt: bool = True) -> list[int]:
+    """The ids of a conversation, `<bos>` first: control ids only where the template puts them,
+    every message encoded as text (a "<end_of_turn>" written in a message stays text). For
+    messages without special token names these are the ids of `render_chat`'s string parsed
+    for special tokens, as transformers does."""
+    parts = chat_parts(messages, add_generation_prompt)
+    return [token for ids in encode_chat_parts(tokenizer, parts) for token in ids]
 
 
 def _check_supported(proto: ModelProto) -> None:

@@ -138,8 +138,8 @@ def _address() -> list[str]:
     number = f"[0-9]+[A-Za-z]?(?:[/-][0-9A-Za-z{_DEVANAGARI}]{{1,8}}){{0,3}}"  # 12/3, 17-बी
     # "Flat 302" and "फ्लैट 302" without "no.", but not a discount ("flat 50% off") or a
     # flat's size ("2 BHK flat" is the usual order, "flat 2 BHK" happens).
-    not_discount = ("(?![0-9A-Za-z]|\\s*(?i:%|percent|off|rs|₹|रु|प्रतिशत|फ\u093c?ीसदी|की छूट|"
-                    "discount|cashback|bhk|बीएचके))")
+    not_discount = ("(?![0-9A-Za-z]|\\s*(?i:%|percent|off|rs|rupa|rupe|₹|रु|प्रतिशत|फ\u093c?ीसदी|"
+                    "की छूट|ki chh|discount|cashback|bhk|बीएचके))")
     return [
         r"[HhFfPp](?<![A-Za-z].)(?i:(?<=h)ouse|(?<=f)lat|(?<=p)lot|(?<=h)\.)\s*"
         r"(?i:no\.?|number|#)\s*" + number,

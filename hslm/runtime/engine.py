@@ -23,7 +23,6 @@ from hslm.export.onnx import GENAI_CONFIG_FILE
 from hslm.export.onnx import MODEL_FILE as ONNX_MODEL_FILE
 from hslm.generate import Generation, SamplingParams, TorchLogits, stream
 from hslm.runtime.guided import Guide, grammar_for
-from hslm.tokenizer import render_chat
 
 
 GGUF_MAGIC = b"GGUF"
@@ -68,7 +67,8 @@ class Runtime:
         return Guide(self.tokenizer, grammar_for(json_schema, regex, grammar))
 
     def encode_chat(self, messages: Sequence[dict]) -> list[int]:
-        return self.tokenizer.encode(render_chat(messages))
+        """The prompt ids of a conversation: control ids from the template, messages as text."""
+        return self.tokenizer.encode_chat(messages)
 
     def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
                add_bos: bool = True, result: Generation | None = None, json_schema=None,
