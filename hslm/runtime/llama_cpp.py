@@ -4,7 +4,9 @@ llama.cpp computes the logits; sampling, stop handling and streaming are hslm's 
 (`hslm.generate`), so every backend samples the same way. Text is decoded from the token
 pieces stored in the GGUF file, not with `Llama.detokenize`, which silently drops any piece
 longer than 32 bytes (a Devanagari piece of 11+ characters). Text is normalised as hslm's
-tokenizer does before llama.cpp tokenizes it; its tokenizer then gives the same ids.
+tokenizer does before llama.cpp tokenizes it; its tokenizer then gives the same ids. Text is
+tokenized with `special=False`, so a control token's name in it stays text; control ids come
+from hslm's chat template (`encode_chat`), as with hslm's tokenizer.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from hslm.normalize import normalize
+from hslm.tokenizer import TokenizerError, encode_chat
 
 _BYTE_PIECE_LENGTH = len("<0x00>")
 
@@ -95,10 +98,20 @@ class GGUFTokenizer:
         ids = {piece: index for index, piece in enumerate(pieces)}
         self.vocab_size = len(pieces)
         self.bos_id, self.eos_id = llm.token_bos(), llm.token_eos()
+        self.start_of_turn_id = ids.get("<start_of_turn>")
         self.end_of_turn_id = ids.get("<end_of_turn>", self.eos_id)
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        return self.llm.tokenize(normalize(text).encode("utf-8"), add_bos=add_bos, special=True)
+        """Normalise `text` and encode it as text (see hslm.tokenizer.Tokenizer.encode)."""
+        ids = self.llm.tokenize(normalize(text).encode("utf-8"), add_bos=False, special=False)
+        return [self.bos_id, *ids] if add_bos else ids
+
+    def encode_chat(self, messages: Sequence[dict],
+                    add_generation_prompt: bool = True) -> list[int]:
+        if self.start_of_turn_id is None:
+            raise TokenizerError("this GGUF file has no <start_of_turn> token: it cannot hold "
+                                 "a conversation in Gemma's format")
+        return encode_chat(self, messages, add_generation_prompt)
 
     def encode_bytes(self, data: bytes) -> list[int]:
         """Ids whose pieces are exactly `data` (no normalisation; see Tokenizer.encode_bytes)."""

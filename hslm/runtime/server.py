@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from hslm.generate import Generation, SamplingParams
 from hslm.runtime.engine import Runtime
 from hslm.runtime.guided import GuideError
-from hslm.tokenizer import TokenizerError, render_chat
+from hslm.tokenizer import TokenizerError
 
 MAX_BODY_BYTES = 4 << 20
 
@@ -92,7 +92,7 @@ class OpenAIServer(ThreadingHTTPServer):
                         isinstance(m.get("content"), str) for m in messages):
                     raise RequestError(400, "'messages' must be a non-empty list of "
                                             "{'role', 'content'} objects", "messages")
-                prompt_ids = tokenizer.encode(render_chat(messages))
+                prompt_ids = tokenizer.encode_chat(messages)  # messages as text
             else:
                 prompt = body.get("prompt")
                 if not isinstance(prompt, str) or not prompt:

@@ -64,8 +64,7 @@ def sample_generations(model: Gemma3, tokenizer: Tokenizer, task: str, count: in
     samples = []
     for prompt in prompts[:count]:
         if task == "sft":
-            ids = tokenizer.encode(tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}]))
+            ids = tokenizer.encode_chat([{"role": "user", "content": prompt}])
             text = generate(model, tokenizer, ids, params).text
         else:
             text = generate(model, tokenizer, prompt, params).text

@@ -5,10 +5,11 @@ Accepted JSONL records (one per line):
     {"instruction": ..., "input": ... (optional), "response": ...}
     {"question": ..., "context": ... (optional), "answer": ...}
 
-Each model turn is tokenized on its own, after a prompt tokenized on its own, exactly as the
-prompt is at inference time (`apply_chat_template(..., add_generation_prompt=True)`), so
-training sees the token boundaries that generation will see. Targets are IGNORE on every
-prompt token and on padding.
+A conversation is tokenized as inference tokenizes a prompt (`encode_chat`): the template's
+structure gives the control ids, every message is text, so a "<end_of_turn>" written in a
+message cannot end its turn or forge another. Each model turn's text is tokenized on its own,
+after the generation prompt "<start_of_turn>model\n", so training sees the token boundaries
+that generation will see. Targets are IGNORE on every prompt token and on padding.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hslm.tokenizer import Tokenizer, TokenizerError
+from hslm.tokenizer import Tokenizer, TokenizerError, chat_parts, encode_chat_parts
 from hslm.train.loss import IGNORE
 
 
@@ -48,21 +49,16 @@ def to_messages(record: dict) -> list[dict]:
 
 def tokenize_conversation(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
     """(ids, trained) where trained[i] says whether ids[i] is part of a model turn."""
+    parts = chat_parts(messages, add_generation_prompt=False)
+    answers = [index for index, part in enumerate(parts) if part.answer]
+    if not answers:
+        raise TokenizerError("the conversation has no assistant turn to learn from")
+    parts = parts[:answers[-1] + 1]  # turns after the last answer teach nothing
     ids: list[int] = []
     trained: list[bool] = []
-    done = ""  # the rendered text tokenized so far
-    for end, message in enumerate(messages, start=1):
-        if message.get("role") not in ("assistant", "model"):
-            continue
-        prompt = tokenizer.apply_chat_template(messages[:end - 1], add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages[:end], add_generation_prompt=False)
-        for text, is_model in ((prompt[len(done):], False), (full[len(prompt):], True)):
-            piece = tokenizer.encode(text)
-            ids += piece
-            trained += [is_model] * len(piece)
-        done = full
-    if not any(trained):
-        raise TokenizerError("the conversation has no assistant turn to learn from")
+    for part, piece in zip(parts, encode_chat_parts(tokenizer, parts)):
+        ids += piece
+        trained += [part.answer] * len(piece)
     return ids, trained
 
 
