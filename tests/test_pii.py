@@ -224,5 +224,6 @@ def test_adversarial_inputs_take_linear_time():
         start = time.perf_counter()
         scrub(text)
         elapsed = time.perf_counter() - start
-        # Quadratic behaviour on 100k characters is thousands of times the baseline.
-        assert elapsed < 30 * baseline + 0.05, (name, elapsed, baseline)
+        # Linear inputs measure 0.5-2.5x the baseline; quadratic behaviour on 100k characters
+        # is thousands of times it.
+        assert elapsed < 50 * baseline, (name, elapsed, baseline)
