@@ -258,6 +258,16 @@ FORMS = [
      lambda r: f"{r.choice(['H.No.', 'House No.'])} {r.randint(1, 999)}"),
 ]
 
+# Every other numeric format again, its digits written in Devanagari.
+FORMS += [(kind, "Devanagari digits", templates,
+           lambda r, make=make: make(r).translate(DEVANAGARI_DIGITS))
+          for kind, form, templates, make in FORMS
+          if form in ("upper case", "GSTIN (PAN inside)", "spaced", "letter + 7 digits", "EPIC",
+                      "state RTO year number", "after an account word", "2-4-4-4",
+                      "16 digits, Luhn", "म.नं.", "Flat 302")
+          and kind not in ("phone", "aadhaar", "ip")]
+
+
 # Hand-written: ⟦type/form:text⟧ marks a span. Some are forms the scrubber does not cover.
 HAND_WRITTEN = [
     "मेरा नंबर ⟦phone/hand-written:987 654 3210⟧ है और ऑफिस का ⟦phone/hand-written:011-2345 6789⟧।",

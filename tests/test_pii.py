@@ -81,11 +81,13 @@ FOUND = [
     ("पैन ABCPE 1234 F है", "पैन <PAN> है"),
     ("पैनABCPE1234Fजमा करें", "पैन<PAN>जमा करें"),
     ("GSTIN 27ABCPE1234F1Z5 है", "GSTIN <GSTIN> है"),
+    ("पैन ABCPE१२३४F है", "पैन <PAN> है"),
     # vehicle, passport, voter ID, driving licence
     ("गाड़ी MH 12 AB 1234 थी", "गाड़ी <VEHICLE> थी"),
     ("गाड़ीMH12AB1234 थी", "गाड़ी<VEHICLE> थी"),
     ("कार DL 3C AB 1234 थी", "कार <VEHICLE> थी"),
     ("नई कार 22 BH 1234 AA है", "नई कार <VEHICLE> है"),
+    ("गाड़ी MH १२ AB १२३४ थी", "गाड़ी <VEHICLE> थी"),
     ("पासपोर्ट J8369854 है", "पासपोर्ट <PASSPORT> है"),
     ("वोटर आईडी ABC1234567 है", "वोटर आईडी <VOTER_ID> है"),
     ("डीएल MH12 20110012345 है", "डीएल <LICENCE> है"),
