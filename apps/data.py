@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="share of documents held out for validation (default 0.05)")
     tokenize.add_argument("--text-field", default="text", help="JSONL field of the text")
     tokenize.add_argument("--text-column", default="text", help="CSV/TSV/Parquet text column")
+    tokenize.add_argument("--piece-chars", type=int, default=1_000_000, metavar="N",
+                          help="read and encode documents in pieces of at most N characters "
+                               "(a longer document is still one <bos> ... <eos>)")
 
     stats = commands.add_parser(
         "stats", help="print a prepare report (and a shard folder's tokens) as tables",
@@ -153,76 +155,56 @@ def prepare(args) -> None:
 
 
 def train_tokenizer_on_documents(args) -> None:
-    from hslm.data.sources import SourceError, SourceOptions, read_documents, resolve_inputs
-    from hslm.tokenizer import TokenizerError, train_tokenizer
+    from hslm.data.sources import SourceError, SourceOptions, read_texts, resolve_inputs
+    from hslm.tokenizer import TokenizerError, train_tokenizer_on_texts
 
     try:
         files = resolve_inputs(args.inputs)
-        with tempfile.TemporaryDirectory(prefix="hslm-data-") as work:
-            corpus = Path(work) / "documents.txt"
-            with corpus.open("w", encoding="utf-8") as out:
-                for path in tqdm(files, desc="collecting text", unit="file"):
-                    for document in read_documents(path, SourceOptions()):
-                        out.write(document.text + "\n")
-            tokenizer = train_tokenizer([corpus], Path(args.output), args.vocab_size,
-                                        input_sentence_size=args.max_lines, progress=True)
+        tokenizer = train_tokenizer_on_texts(read_texts(files, SourceOptions()), Path(args.output),
+                                             args.vocab_size, input_sentence_size=args.max_lines,
+                                             progress=True)
     except (SourceError, TokenizerError) as err:
         raise UsageError(str(err)) from None
     print(f"wrote {args.output}: vocab {tokenizer.vocab_size:,}, sha256 {tokenizer.sha256}")
 
 
 def tokenize(args) -> None:
-    from hslm.data.shards import ShardError, TokenShards, write_shards_from_texts
-    from hslm.data.sources import SourceError, SourceOptions, read_documents, resolve_inputs
+    from hslm.data.shards import ShardError, tokenize_files
+    from hslm.data.sources import SourceError, SourceOptions, resolve_inputs
     from hslm.tokenizer import Tokenizer, TokenizerError
 
     if not 0 <= args.val_fraction < 0.5:
         raise UsageError("--val-fraction must be in [0, 0.5)")
-    options = SourceOptions(text_field=args.text_field, text_column=args.text_column)
     try:
+        options = SourceOptions(text_field=args.text_field, text_column=args.text_column,
+                                max_chars=args.piece_chars)
         files = resolve_inputs(args.inputs)
         tokenizer = Tokenizer.load(args.tokenizer)
-        documents = [(document.text, document.source)
-                     for path in tqdm(files, desc="reading", unit="file", disable=len(files) < 2)
-                     for document in read_documents(path, options)]
-        if not documents:
-            raise UsageError("the inputs hold no text")
-        write_shards_from_texts((text for text, _ in documents), tokenizer, args.output,
-                                args.val_fraction, sources=(source for _, source in documents),
-                                source_files=[str(p) for p in files])
-        summary = {split: TokenShards(args.output, split).num_tokens
-                   for split in ("train", "val") if args.val_fraction or split == "train"}
+        manifest = tokenize_files(files, tokenizer, args.output, args.val_fraction, options,
+                                  progress=len(files) > 1)
     except (ShardError, TokenizerError, SourceError) as err:
         raise UsageError(str(err)) from None
-    print(f"wrote {args.output}: {len(documents):,} documents, "
-          + ", ".join(f"{split} {n:,} tokens" for split, n in summary.items()))
+    if not manifest["documents"]:
+        raise UsageError("the inputs hold no text")
+    tokens = {split: sum(shard["tokens"] for shard in shards)
+              for split, shards in manifest["splits"].items()}
+    print(f"wrote {args.output}: {manifest['documents']:,} documents ("
+          f"{manifest['split_documents']:,} read in pieces), "
+          + ", ".join(f"{split} {n:,} tokens" for split, n in tokens.items()))
+    if manifest["too_long_records"]:
+        print(f"skipped {manifest['too_long_records']:,} JSONL/CSV records too long to read "
+              f"(raise --piece-chars)", file=sys.stderr)
 
 
 def show_stats(args) -> None:
-    from hslm.data.report import render_markdown
-    from hslm.data.shards import MANIFEST
+    from hslm.data.report import report_markdown, shard_tables
 
-    path = Path(args.prepared)
-    report_file = path if path.suffix == ".json" else path / "report.json"
-    if not report_file.is_file():
-        raise UsageError(f"no report at {report_file}: run hslm-data prepare first")
     try:
-        report = json.loads(report_file.read_text(encoding="utf-8"))
-        print(render_markdown(report))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise UsageError(f"{report_file} is not a prepare report ({err})") from None
-    if args.shards:
-        manifest_file = Path(args.shards) / MANIFEST
-        if not manifest_file.is_file():
-            raise UsageError(f"no {MANIFEST} in {args.shards}")
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        print("## Token shards\n\n| split | shards | documents | tokens |\n|---|---:|---:|---:|")
-        for split, shards in manifest["splits"].items():
-            print(f"| {split} | {len(shards)} | {sum(s['documents'] for s in shards):,} | "
-                  f"{sum(s['tokens'] for s in shards):,} |")
-        print("\n| source | documents | tokens |\n|---|---:|---:|")
-        for source, entry in manifest.get("tokens_per_source", {}).items():
-            print(f"| {source} | {entry['documents']:,} | {entry['tokens']:,} |")
+        print(report_markdown(args.prepared))
+        if args.shards:
+            print(shard_tables(args.shards))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 COMMANDS = {"prepare": prepare, "tokenizer": train_tokenizer_on_documents, "tokenize": tokenize,

@@ -158,12 +158,13 @@ def build_stages(config: PrepareConfig) -> list[tuple[str, list, int]]:
                            compression="gzip" if final else None, adapter=steps.document_record)
 
     examples = (str(at.examples), config.examples_per_reason)
+    withheld = (*examples, config.csam_lists)  # an example with a CSAM term is its id only
     filtering = [
         steps.RawTextReader(files, config.source_options(), config.on_error, str(at.unreadable)),
-        steps.InputProblemsFilter(config.invalid_utf8, *examples),
+        steps.InputProblemsFilter(config.invalid_utf8, *withheld),
         steps.NormalizeText(),
-        steps.LanguageFilter(config.keep_labels(), *examples),
-        steps.QualityFilter(config.thresholds(), *examples),
+        steps.LanguageFilter(config.keep_labels(), *withheld),
+        steps.QualityFilter(config.thresholds(), *withheld),
         steps.SafetyFilter(config.csam_lists, config.abusive_lists, config.max_abusive_share,
                            config.min_abusive_words, config.abusive_action, *examples),
     ]

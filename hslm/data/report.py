@@ -1,6 +1,10 @@
-"""The `prepare` report: what came in, what each step dropped and why (with examples), PII
-counts, deduplication rates and what came out per source; JSON for machines, Markdown for
-people. Built from datatrove's per-stage stats and the documents each step excluded.
+"""The `prepare` report: what came in (and which files could not be read, and why), what each
+step dropped and why (with examples), PII counts, deduplication rates and what came out per
+source; JSON for machines, Markdown for people. Built from datatrove's per-stage stats and
+the documents each step excluded.
+
+Examples are shown only after PII scrubbing, and for CSAM-flagged documents only ids and
+counts, never text (`steps.report_example`).
 
 Every input document is accounted for: documents read = documents kept + documents dropped,
 by reason; `accounted` says whether that holds.
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from hslm.data import steps
 from hslm.data.prepare import Layout
+from hslm.data.shards import MANIFEST
 from hslm.files import write_atomically
 
 # The filters, in pipeline order: (folder of examples, title, datatrove step name).
@@ -77,7 +82,8 @@ def _dedup_step(at: Layout, folder: str, title: str, reason: str,
         entry["documents"] += 1
         entry["characters"] += len(text)
         if len(entry["examples"]) < examples_per_reason:
-            entry["examples"].append({"id": doc["id"], "text": text[:steps.EXAMPLE_CHARS]})
+            # Only documents that passed the safety filter reach deduplication.
+            entry["examples"].append(steps.report_example(doc["id"], text, withhold_text=False))
     return {"step": folder, "title": title, "dropped_documents": entry["documents"],
             "dropped_characters": entry["characters"],
             "reasons": {reason: entry} if entry["documents"] else {}}
@@ -101,7 +107,7 @@ def build_report(output: str | Path, examples_per_reason: int = 3) -> dict:
         entry["characters"] += len(doc.get("text", ""))
     kept = sum(s["documents"] for s in per_source.values())
     read = int(totals["documents"])
-    unreadable = [line for path in sorted(at.unreadable.glob("*.txt"))
+    unreadable = [json.loads(line) for path in sorted(at.unreadable.glob("*.jsonl"))
                   for line in path.read_text("utf-8").splitlines() if line]
     before_dedup = read - sum(s["dropped_documents"] for s in report_steps[:len(FILTERS)])
     return {
@@ -136,8 +142,8 @@ def render_markdown(report: dict) -> str:
              f"- invalid UTF-8 repaired: {source['utf8_repaired']:,} documents; changed by "
              f"normalisation: {source['changed_by_normalisation']:,}; boilerplate lines removed: "
              f"{source['boilerplate_lines_removed']:,}", ""]
-    for name in source["unreadable_files"]:
-        lines.append(f"  - skipped: {name}")
+    for skipped in source["unreadable_files"]:
+        lines.append(f"  - skipped: {skipped['file']}: {skipped['reason']}")
     lines += ["## Dropped, by step and reason", "",
               "| step | reason | documents | characters |", "|---|---|---:|---:|"]
     for step in report["steps"]:
@@ -148,7 +154,8 @@ def render_markdown(report: dict) -> str:
     for step in report["steps"]:
         for reason, entry in step["reasons"].items():
             for example in entry["examples"]:
-                text = example["text"].replace("\n", " ⏎ ").replace("|", "\\|")
+                text = example.get("text", "(text withheld)")
+                text = text.replace("\n", " ⏎ ").replace("|", "\\|")
                 lines.append(f"- **{reason}** (`{example['id']}`): {text}")
     lines += ["", "## PII replaced", "", "| type | count |", "|---|---:|"]
     lines += ([f"| {kind} | {count:,} |" for kind, count in report["pii"].items()]
@@ -171,3 +178,36 @@ def write_report(output: str | Path, examples_per_reason: int = 3) -> dict:
     markdown = render_markdown(report)
     write_atomically(at.report_md, lambda f: f.write(markdown.encode()))
     return report
+
+
+def report_markdown(path: str | Path) -> str:
+    """The Markdown of a prepare report: `path` is prepare's output folder or its report.json.
+    ValueError says what is wrong with it."""
+    path = Path(path)
+    report_file = path if path.suffix == ".json" else path / "report.json"
+    if not report_file.is_file():
+        raise ValueError(f"no report at {report_file}: run hslm-data prepare first")
+    try:
+        return render_markdown(json.loads(report_file.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{report_file} is not a prepare report ({err})") from None
+
+
+def shard_tables(folder: str | Path) -> str:
+    """A token shard folder's tokens per split and per source, as Markdown tables."""
+    manifest_file = Path(folder) / MANIFEST
+    if not manifest_file.is_file():
+        raise ValueError(f"no {MANIFEST} in {folder}")
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        lines = ["## Token shards", "", "| split | shards | documents | tokens |",
+                 "|---|---:|---:|---:|"]
+        lines += [f"| {split} | {len(shards)} | {sum(s['documents'] for s in shards):,} | "
+                  f"{sum(s['tokens'] for s in shards):,} |"
+                  for split, shards in manifest["splits"].items()]
+        lines += ["", "| source | documents | tokens |", "|---|---:|---:|"]
+        lines += [f"| {source} | {entry['documents']:,} | {entry['tokens']:,} |"
+                  for source, entry in manifest.get("tokens_per_source", {}).items()]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{manifest_file} is not a shard manifest ({err})") from None
+    return "\n".join(lines)

@@ -3,6 +3,9 @@
     out/manifest.json           format, dtype, vocab size, tokenizer checksum, shards per split
     out/train_00000.bin ...     ids, documents as <bos> ids <eos>, back to back
 
+Documents are written as they come (memory does not grow with the corpus), and a document of
+any length is tokenized whole, read and encoded in pieces.
+
 Ids are uint16 when the vocabulary fits, uint32 otherwise (never truncated). Batches are
 random windows whose positions depend only on (seed, step, index), where index numbers the
 micro-batches of a step across all ranks; so a resumed run reads exactly the batches an
@@ -11,15 +14,21 @@ uninterrupted one would have read, and 2 ranks read what 1 rank with 2 micro-ste
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from hslm.data.sources import RawDocument, SourceOptions, read_documents
 from hslm.files import write_atomically
 
 FORMAT = "hslm-token-shards"
@@ -36,7 +45,21 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
+@dataclass
+class _OpenShard:
+    """A shard being written: ids go straight to its temporary file."""
+
+    path: Path
+    file: BinaryIO
+    sha256: Any = field(default_factory=hashlib.sha256)
+    tokens: int = 0
+    documents: int = 0
+
+
 class ShardWriter:
+    """Writes documents as they come: memory does not grow with the corpus. A shard is
+    written to a temporary file, fsynced and renamed when it is full or at `close`."""
+
     def __init__(self, output_dir: str | Path, tokenizer_sha256: str, vocab_size: int,
                  shard_tokens: int = 50_000_000):
         self.output_dir = Path(output_dir)
@@ -45,34 +68,53 @@ class ShardWriter:
         self.vocab_size = vocab_size
         self.dtype = token_dtype(vocab_size)
         self.shard_tokens = shard_tokens
-        self.pending: dict[str, list[np.ndarray]] = {}
-        self.pending_tokens: dict[str, int] = {}
+        self.open: dict[str, _OpenShard] = {}
         self.shards: dict[str, list[dict]] = {}
 
-    def add_document(self, ids: list[int], split: str = "train") -> None:
-        doc = np.asarray([BOS_ID, *ids, EOS_ID], dtype=np.int64)
-        if doc.min() < 0 or doc.max() >= self.vocab_size:
-            raise ShardError(f"token id {int(doc.max())} is outside the vocabulary of {self.vocab_size}")
-        self.pending.setdefault(split, []).append(doc.astype(self.dtype))
-        self.pending_tokens[split] = self.pending_tokens.get(split, 0) + len(doc)
-        if self.pending_tokens[split] >= self.shard_tokens:
-            self._flush(split)
+    def add_document(self, ids: list[int], split: str = "train", starts: bool = True,
+                     ends: bool = True) -> None:
+        """`<bos> ids <eos>`; or a document in parts: `starts` adds the `<bos>`, `ends` the
+        `<eos>` (and counts the document)."""
+        tokens = np.asarray([BOS_ID] * starts + list(ids) + [EOS_ID] * ends, dtype=np.int64)
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ShardError(f"token id {int(tokens.max())} is outside the vocabulary of "
+                             f"{self.vocab_size}")
+        shard = self.open.get(split) or self._start(split)
+        data = tokens.astype(self.dtype).tobytes()
+        shard.file.write(data)
+        shard.sha256.update(data)
+        shard.tokens += len(tokens)
+        shard.documents += ends
+        if shard.tokens >= self.shard_tokens and ends:
+            self._finish(split)
 
-    def _flush(self, split: str) -> None:
-        docs = self.pending.pop(split, [])
-        self.pending_tokens.pop(split, None)
-        if not docs:
-            return
-        data = np.concatenate(docs).tobytes()
-        shards = self.shards.setdefault(split, [])
-        name = f"{split}_{len(shards):05d}.bin"
-        write_atomically(self.output_dir / name, lambda f: f.write(data))
-        shards.append({"file": name, "tokens": len(data) // self.dtype.itemsize,
-                       "documents": len(docs), "sha256": hashlib.sha256(data).hexdigest()})
+    def _start(self, split: str) -> _OpenShard:
+        name = f"{split}_{len(self.shards.setdefault(split, [])):05d}.bin"
+        path = self.output_dir / name
+        shard = _OpenShard(path, open(path.with_name(name + ".tmp"), "wb"))
+        self.open[split] = shard
+        return shard
+
+    def _finish(self, split: str) -> None:
+        shard = self.open.pop(split)
+        shard.file.flush()
+        os.fsync(shard.file.fileno())
+        shard.file.close()
+        os.replace(shard.file.name, shard.path)
+        self.shards[split].append({"file": shard.path.name, "tokens": shard.tokens,
+                                   "documents": shard.documents,
+                                   "sha256": shard.sha256.hexdigest()})
+
+    def discard(self) -> None:
+        """Remove the shards being written (after an error)."""
+        for shard in self.open.values():
+            shard.file.close()
+            Path(shard.file.name).unlink(missing_ok=True)
+        self.open.clear()
 
     def close(self, extra_manifest: dict | None = None) -> Path:
-        for split in list(self.pending):
-            self._flush(split)
+        for split in list(self.open):
+            self._finish(split)
         manifest = {"format": FORMAT, "version": VERSION, "dtype": self.dtype.name,
                     "vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256,
                     "splits": self.shards, **(extra_manifest or {})}
@@ -82,27 +124,93 @@ class ShardWriter:
         return path
 
 
-def write_shards_from_texts(texts: Iterable[str], tokenizer, output_dir: str | Path,
-                            val_fraction: float = 0.05, sources: Iterable[str] | None = None,
-                            source_files: list[str] = (), batch_documents: int = 10_000) -> Path:
-    """Tokenize documents into shards; every 1/val_fraction-th document goes to validation
-    (the split is by document). `sources` names each document's source, for the manifest's
-    tokens-per-source table; documents are encoded in batches, so any number fits."""
+def write_shards(documents: Iterable[RawDocument], tokenizer, output_dir: str | Path,
+                 val_fraction: float = 0.05, source_files: list[str] = (),
+                 batch_chars: int = 1_000_000) -> dict:
+    """Tokenize documents into shards as they come and return the manifest. Every
+    1/val_fraction-th document goes to validation (the split is by document); the manifest
+    counts tokens per `source`. The pieces of a long document (`piece` 0, 1, 2, ..., as
+    `read_documents` gives them with long_documents="split") become one `<bos> ... <eos>`;
+    cut before spaces, they encode to the ids of the whole text. Texts are encoded in batches
+    of about `batch_chars` characters, so memory does not grow with the corpus."""
     writer = ShardWriter(output_dir, tokenizer.sha256, tokenizer.vocab_size)
     every = max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
     per_source: dict[str, dict[str, int]] = {}
+    count, split_documents = 0, 0
+    held: tuple[list[int], str, bool] | None = None  # written once the next piece shows its end
+    split = "train"
+    try:
+        for batch in _batches(iter(documents), batch_chars):
+            for document, ids in zip(batch, tokenizer.encode_batch([d.text for d in batch])):
+                starts = document.piece == 0 or held is None
+                if held:
+                    writer.add_document(*held, ends=starts)
+                if starts:
+                    split = "val" if every and count % every == every - 1 else "train"
+                    count += 1
+                else:
+                    split_documents += document.piece == 1
+                held = (ids, split, starts)
+                if document.source:
+                    entry = per_source.setdefault(document.source, {"documents": 0, "tokens": 0})
+                    entry["documents"] += starts
+                    entry["tokens"] += len(ids) + 2 * starts  # with <bos> and <eos>
+        if held:
+            writer.add_document(*held, ends=True)
+    except BaseException:
+        writer.discard()
+        raise
+    extra = {"documents": count, "split_documents": split_documents,
+             "source_files": list(source_files),
+             "tokens_per_source": dict(sorted(per_source.items()))}
+    writer.close(extra)
+    return {"splits": writer.shards, **extra}
+
+
+def write_shards_from_texts(texts: Iterable[str], tokenizer, output_dir: str | Path,
+                            val_fraction: float = 0.05, sources: Iterable[str] | None = None,
+                            source_files: list[str] = ()) -> dict:
+    """`write_shards` for plain texts, one document each; `sources` names each one's source."""
     labelled = zip(texts, sources if sources is not None else itertools.repeat(""))
-    index = 0
-    while batch := list(itertools.islice(labelled, batch_documents)):
-        for (_, source), ids in zip(batch, tokenizer.encode_batch([text for text, _ in batch])):
-            writer.add_document(ids, "val" if every and index % every == every - 1 else "train")
-            if source:
-                entry = per_source.setdefault(source, {"documents": 0, "tokens": 0})
-                entry["documents"] += 1
-                entry["tokens"] += len(ids) + 2  # with <bos> and <eos>
-            index += 1
-    return writer.close({"documents": index, "source_files": list(source_files),
-                         "tokens_per_source": dict(sorted(per_source.items()))})
+    documents = (RawDocument(text, str(number), source)
+                 for number, (text, source) in enumerate(labelled))
+    return write_shards(documents, tokenizer, output_dir, val_fraction, source_files)
+
+
+def tokenize_files(files: list[Path], tokenizer, output_dir: str | Path,
+                   val_fraction: float = 0.05, options: SourceOptions = SourceOptions(),
+                   progress: bool = False) -> dict:
+    """`hslm-data tokenize`: the documents of `files` (any input format), read as a stream in
+    pieces of at most `options.max_chars` characters, into shards; returns the manifest, with
+    `too_long_records`: JSONL/CSV records too long to hold (`max_record_bytes`), skipped."""
+    options = dataclasses.replace(options, long_documents="split")
+    skipped = 0
+
+    def documents() -> Iterator[RawDocument]:
+        nonlocal skipped
+        for path in tqdm(files, desc="tokenizing", unit="file", disable=not progress):
+            for document in read_documents(path, options):
+                if document.too_long:
+                    skipped += 1
+                else:
+                    yield document
+
+    manifest = write_shards(documents(), tokenizer, output_dir, val_fraction,
+                            source_files=[str(p) for p in files])
+    return {**manifest, "too_long_records": skipped}
+
+
+def _batches(documents: Iterator[RawDocument], batch_chars: int) -> Iterator[list[RawDocument]]:
+    """`documents` in lists of about `batch_chars` characters (at least one each)."""
+    batch, chars = [], 0
+    for document in documents:
+        batch.append(document)
+        chars += len(document.text)
+        if chars >= batch_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
 class TokenShards:

@@ -23,6 +23,7 @@ from hslm.normalize import normalize
 
 ON_ERROR = ("skip", "stop")
 EXAMPLE_CHARS = 200  # of each example document kept for the report
+TEXT_WITHHELD = ("csam",)  # reasons whose examples keep the id only, never any text
 INVALID_UTF8 = ("repair", "drop")
 
 
@@ -41,7 +42,7 @@ class RawTextReader(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0,
             world_size: int = 1) -> DocumentsPipeline:
-        errors = []
+        errors: list[dict] = []
         for path in self.files[rank::world_size]:
             self.stat_update("input_files")
             try:
@@ -57,11 +58,11 @@ class RawTextReader(PipelineStep):
                 if self.on_error == "stop":
                     raise
                 self.stat_update("unreadable_files")
-                errors.append(str(err))
-        # The report lists every skipped file by name (stats only count them).
+                errors.append({"file": path, "reason": str(err).removeprefix(f"{path}: ")})
+        # The report lists every skipped file and why (stats only count them).
         self.error_folder.mkdir(parents=True, exist_ok=True)
-        (self.error_folder / f"{rank:05d}.txt").write_text("".join(e + "\n" for e in errors),
-                                                          "utf-8")
+        (self.error_folder / f"{rank:05d}.jsonl").write_text(
+            "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors), "utf-8")
 
 
 class RankFileReader(JsonlReader):
@@ -92,6 +93,14 @@ def words_of(text: str) -> list[str]:
     return _last_words[1]
 
 
+def report_example(doc_id: str, text: str, withhold_text: bool) -> dict:
+    """What the report may show of a dropped document: its start after PII scrubbing, or its
+    id alone."""
+    if withhold_text:
+        return {"id": doc_id}
+    return {"id": doc_id, "text": pii.scrub(text)[0][:EXAMPLE_CHARS]}
+
+
 def document_record(writer, document: Document) -> dict:
     """What a JsonlWriter writes for a document (datatrove's default deep-copies it first)."""
     record = {"text": document.text, "id": document.id}
@@ -103,17 +112,20 @@ def document_record(writer, document: Document) -> dict:
 class CountingFilter(PipelineStep):
     """A filter whose bookkeeping is per task, not per document: counts and characters kept
     and dropped by reason go to datatrove's stats once at the end, and the first few dropped
-    documents of each reason to EXAMPLES/<step>/<rank>.json for the report. (datatrove's
-    BaseFilter updates several running statistics per document, which cost more than the
-    Hindi rules themselves.)"""
+    documents of each reason to EXAMPLES/<step>/<rank>.json for the report, PII scrubbed, and
+    as ids only when the reason is in TEXT_WITHHELD or the text has a CSAM term (the language
+    and quality filters run before the safety filter). (datatrove's BaseFilter updates several
+    running statistics per document, which cost more than the Hindi rules themselves.)"""
 
     type = "🔻 - FILTER"
     step = ""  # folder name of the examples
 
-    def __init__(self, examples_folder: str, examples_per_reason: int):
+    def __init__(self, examples_folder: str, examples_per_reason: int,
+                 csam_lists: list[str] = ()):
         super().__init__()
         self.examples_folder = Path(examples_folder)
         self.examples_per_reason = examples_per_reason
+        self.csam = SafetyLists.load(csam_lists).csam
 
     def check(self, doc: Document) -> str | None:
         """The reason to drop the document, or None to keep it (may annotate its metadata)."""
@@ -133,7 +145,8 @@ class CountingFilter(PipelineStep):
             counts[f"dropped_chars_{reason}"] += len(doc.text)
             kept_examples = examples.setdefault(reason, [])
             if len(kept_examples) < self.examples_per_reason:
-                kept_examples.append({"id": doc.id, "text": doc.text[:EXAMPLE_CHARS]})
+                withhold = reason in TEXT_WITHHELD or self.csam.search(doc.text) is not None
+                kept_examples.append(report_example(doc.id, doc.text, withhold))
         for key, value in counts.items():
             self.stat_update(key, value=value)
         folder = self.examples_folder / self.step
@@ -145,8 +158,9 @@ class InputProblemsFilter(CountingFilter):
     name = "🚧 input problems"
     step = "input"
 
-    def __init__(self, invalid_utf8: str, examples_folder: str, examples_per_reason: int):
-        super().__init__(examples_folder, examples_per_reason)
+    def __init__(self, invalid_utf8: str, examples_folder: str, examples_per_reason: int,
+                 csam_lists: list[str] = ()):
+        super().__init__(examples_folder, examples_per_reason, csam_lists)
         self.invalid_utf8 = invalid_utf8
 
     def check(self, doc: Document) -> str | None:
@@ -181,8 +195,9 @@ class LanguageFilter(CountingFilter):
     name = "🌐 script and language"
     step = "language"
 
-    def __init__(self, keep: tuple[str, ...], examples_folder: str, examples_per_reason: int):
-        super().__init__(examples_folder, examples_per_reason)
+    def __init__(self, keep: tuple[str, ...], examples_folder: str, examples_per_reason: int,
+                 csam_lists: list[str] = ()):
+        super().__init__(examples_folder, examples_per_reason, csam_lists)
         self.keep = keep
 
     def check(self, doc: Document) -> str | None:
@@ -196,8 +211,8 @@ class QualityFilter(CountingFilter):
     step = "quality"
 
     def __init__(self, limits: quality.QualityThresholds, examples_folder: str,
-                 examples_per_reason: int):
-        super().__init__(examples_folder, examples_per_reason)
+                 examples_per_reason: int, csam_lists: list[str] = ()):
+        super().__init__(examples_folder, examples_per_reason, csam_lists)
         self.limits = limits
 
     def check(self, doc: Document) -> str | None:
@@ -212,7 +227,7 @@ class SafetyFilter(CountingFilter):
     def __init__(self, extra_csam: list[str], extra_abusive: list[str], max_abusive_share: float,
                  min_abusive_words: int, abusive_action: str, examples_folder: str,
                  examples_per_reason: int):
-        super().__init__(examples_folder, examples_per_reason)
+        super().__init__(examples_folder, examples_per_reason, extra_csam)
         self.lists = SafetyLists.load(extra_csam, extra_abusive)
         self.max_abusive_share = max_abusive_share
         self.min_abusive_words = min_abusive_words
