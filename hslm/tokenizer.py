@@ -8,9 +8,9 @@ A tokenizer folder holds three files that give identical ids:
 
 The SentencePiece model does no normalisation of its own (rule "identity", no dummy prefix,
 whitespace kept): `Tokenizer.encode` normalises with `hslm.normalize.normalize` first, and
-the Hugging Face files expect text normalised the same way. tokenizer.model and tokenizer.json
-give the same ids on any text, normalised or not, and byte fallback makes decoding lossless:
-`decode(encode(x)) == normalize(x)`.
+tokenizer.json carries the same normalisation (`hslm.hf_tokenizer`): on any text it gives
+`Tokenizer.encode`'s ids, and on normalised text SentencePiece's. Byte fallback makes decoding
+lossless: `decode(encode(x)) == normalize(x)`.
 
 Special tokens use Gemma's ids 0-5. `<start_of_turn>` and `<end_of_turn>` are control tokens,
 like `<bos>`: decoding skips them. "\\n" and "\\t" are user-defined tokens: SentencePiece
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import random
@@ -47,7 +46,6 @@ from typing import NamedTuple
 import sentencepiece as spm
 from google.protobuf.message import DecodeError
 from sentencepiece.sentencepiece_model_pb2 import ModelProto
-from tokenizers import AddedToken, decoders, models, normalizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 from tqdm import tqdm
 
@@ -240,50 +238,17 @@ class Tokenizer:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / MODEL_FILE).write_bytes(self._model)
-        self.to_hf_tokenizer().save(str(output_dir / HF_TOKENIZER_FILE))
-        config = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD,
-            "add_bos_token": True, "add_eos_token": False,
-            "clean_up_tokenization_spaces": False,
-            "model_max_length": model_max_length,
-            "chat_template": CHAT_TEMPLATE,
-        }
-        (output_dir / HF_CONFIG_FILE).write_text(
-            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        from hslm.hf_tokenizer import save_hf_files  # it imports this module's names
+
+        save_hf_files(self, output_dir, model_max_length)
         return output_dir
 
     def to_hf_tokenizer(self) -> HFTokenizer:
-        """The same tokenizer as a `tokenizers.Tokenizer` (what tokenizer.json holds).
+        """The same tokenizer as a `tokenizers.Tokenizer` (what tokenizer.json holds; see
+        `hslm.hf_tokenizer`)."""
+        from hslm.hf_tokenizer import to_hf_tokenizer
 
-        SentencePiece BPE merges, at every step, the adjacent pair whose concatenation is the
-        piece with the highest score (leftmost first). A `tokenizers` BPE merges the pair with
-        the lowest rank, so every way of cutting a piece into two vocabulary pieces becomes a
-        merge, ranked by that piece's score.
-        """
-        pieces = self._proto.pieces
-        vocab = {piece.piece: token_id for token_id, piece in enumerate(pieces)}
-        mergeable = {piece.piece for piece in pieces if piece.type == _Piece.NORMAL}
-        learned = sorted((piece.piece for piece in pieces
-                          if piece.type == _Piece.NORMAL and len(piece.piece) > 1),
-                         key=lambda text: -pieces[vocab[text]].score)
-        merges = [(text[:cut], text[cut:]) for text in learned for cut in range(1, len(text))
-                  if text[:cut] in mergeable and text[cut:] in mergeable]
-        unk = pieces[self.unk_id].piece
-        hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True,
-                                    byte_fallback=True))
-        hf.normalizer = normalizers.Replace(" ", "▁")
-        hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
-                                        decoders.Fuse()])
-        hf.add_special_tokens([AddedToken(piece.piece, special=True, normalized=False)
-                               for piece in pieces
-                               if piece.type in (_Piece.CONTROL, _Piece.UNKNOWN)])
-        hf.add_tokens([AddedToken(piece.piece, special=False, normalized=False)
-                       for piece in pieces if piece.type == _Piece.USER_DEFINED])
-        hf.post_processor = processors.TemplateProcessing(
-            single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
-            special_tokens=[(BOS, self.bos_id)])
-        return hf
+        return to_hf_tokenizer(self)
 
 
 class ChatPart(NamedTuple):
