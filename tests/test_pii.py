@@ -192,6 +192,9 @@ def test_scrubbing_arbitrary_text_never_crashes_and_is_idempotent(text):
 def test_scrubbing_id_shaped_text_is_idempotent(text):
     once, _ = scrub(text)
     assert scrub(once) == (once, {})
+    spans = find_pii(text)  # in order, inside the text, never overlapping
+    assert all(0 <= span.start < span.end <= len(text) for span in spans)
+    assert all(before.end <= after.start for before, after in zip(spans, spans[1:]))
 
 
 def adversarial_inputs(length: int) -> dict[str, str]:
