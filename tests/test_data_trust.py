@@ -227,11 +227,14 @@ def test_shards_are_written_as_documents_come(tmp_path):
     assert (tmp_path / "train_00000.bin").stat().st_size == size
 
 
-def test_tokenize_keeps_a_long_document_whole(trained_tokenizer, tmp_path):
+def test_tokenize_keeps_a_long_document_whole(trained_tokenizer, tmp_path, monkeypatch):
     """A document longer than the read limit is one <bos> ... <eos> of the ids of the whole
-    text (read and encoded in pieces), not an empty one."""
+    text (read in pieces of 300 characters, encoded in pieces of 120), not an empty one."""
+    from hslm.data import shards
     from hslm.data.shards import TokenShards, tokenize_files
     from hslm.normalize import normalize
+
+    monkeypatch.setattr(shards, "ENCODE_CHARS", 120)
 
     long = " ".join([HINDI] * 40)  # 2,600 characters
     texts = ["पहला दस्तावेज़", long, "तीसरा दस्तावेज़"]

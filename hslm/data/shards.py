@@ -22,14 +22,16 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from hslm.data.sources import RawDocument, SourceOptions, read_documents
+from hslm.data.sources import RawDocument, SourceOptions, cut_text, read_documents
 from hslm.files import write_atomically
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "hslm-token-shards"
 VERSION = 1
@@ -130,9 +132,10 @@ def write_shards(documents: Iterable[RawDocument], tokenizer, output_dir: str | 
     """Tokenize documents into shards as they come and return the manifest. Every
     1/val_fraction-th document goes to validation (the split is by document); the manifest
     counts tokens per `source`. The pieces of a long document (`piece` 0, 1, 2, ..., as
-    `read_documents` gives them with long_documents="split") become one `<bos> ... <eos>`;
-    cut before spaces, they encode to the ids of the whole text. Texts are encoded in batches
-    of about `batch_chars` characters, so memory does not grow with the corpus."""
+    `read_documents` gives them with long_documents="split") become one `<bos> ... <eos>`.
+    Texts are encoded in pieces of at most ENCODE_CHARS (SentencePiece's memory grows with the
+    length of what it encodes) cut before spaces, which give the ids of the whole text, in
+    batches of about `batch_chars` characters: memory does not grow with the corpus."""
     writer = ShardWriter(output_dir, tokenizer.sha256, tokenizer.vocab_size)
     every = max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
     per_source: dict[str, dict[str, int]] = {}
@@ -140,19 +143,19 @@ def write_shards(documents: Iterable[RawDocument], tokenizer, output_dir: str | 
     held: tuple[list[int], str, bool] | None = None  # written once the next piece shows its end
     split = "train"
     try:
-        for batch in _batches(iter(documents), batch_chars):
-            for document, ids in zip(batch, tokenizer.encode_batch([d.text for d in batch])):
-                starts = document.piece == 0 or held is None
+        for batch in _batches(_encoding_pieces(documents), batch_chars):
+            for (_, source, starts, read_in_pieces), ids in zip(
+                    batch, tokenizer.encode_batch([text for text, *_ in batch])):
+                starts = starts or held is None
                 if held:
                     writer.add_document(*held, ends=starts)
                 if starts:
                     split = "val" if every and count % every == every - 1 else "train"
                     count += 1
-                else:
-                    split_documents += document.piece == 1
+                split_documents += read_in_pieces
                 held = (ids, split, starts)
-                if document.source:
-                    entry = per_source.setdefault(document.source, {"documents": 0, "tokens": 0})
+                if source:
+                    entry = per_source.setdefault(source, {"documents": 0, "tokens": 0})
                     entry["documents"] += starts
                     entry["tokens"] += len(ids) + 2 * starts  # with <bos> and <eos>
         if held:
@@ -165,6 +168,18 @@ def write_shards(documents: Iterable[RawDocument], tokenizer, output_dir: str | 
              "tokens_per_source": dict(sorted(per_source.items()))}
     writer.close(extra)
     return {"splits": writer.shards, **extra}
+
+
+ENCODE_CHARS = 100_000
+
+
+def _encoding_pieces(documents: Iterable[RawDocument]) -> Iterator[tuple[str, str, bool, bool]]:
+    """(text, source, starts a document, is the second piece the reader gave) for every
+    piece of at most ENCODE_CHARS of every document (an empty one is one empty piece)."""
+    for document in documents:
+        for index, text in enumerate(list(cut_text(document.text, ENCODE_CHARS)) or [""]):
+            yield (text, document.source, document.piece == 0 and index == 0,
+                   document.piece == 1 and index == 0)
 
 
 def write_shards_from_texts(texts: Iterable[str], tokenizer, output_dir: str | Path,
@@ -200,12 +215,12 @@ def tokenize_files(files: list[Path], tokenizer, output_dir: str | Path,
     return {**manifest, "too_long_records": skipped}
 
 
-def _batches(documents: Iterator[RawDocument], batch_chars: int) -> Iterator[list[RawDocument]]:
-    """`documents` in lists of about `batch_chars` characters (at least one each)."""
+def _batches(pieces: Iterator[tuple], batch_chars: int) -> Iterator[list[tuple]]:
+    """`pieces` (text first) in lists of about `batch_chars` characters (at least one each)."""
     batch, chars = [], 0
-    for document in documents:
-        batch.append(document)
-        chars += len(document.text)
+    for piece in pieces:
+        batch.append(piece)
+        chars += len(piece[0])
         if chars >= batch_chars:
             yield batch
             batch, chars = [], 0
@@ -253,6 +268,8 @@ class TokenShards:
 
     def batch(self, step: int, index: int, batch_size: int, seq_len: int,
               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch  # here: tokenize, which writes shards, has no use for torch
+
         if self.num_tokens <= seq_len + 1:
             raise ShardError(f"the split holds {self.num_tokens} tokens, fewer than one sequence "
                              f"of {seq_len + 1}")
