@@ -1,7 +1,7 @@
 """Raw input for the data pipeline: which files, in which format, and their documents.
 
 Inputs are files, folders (searched recursively) and glob patterns. Formats, by suffix
-(after an optional `.gz`, `.xz` or `.zst`):
+(after an optional `.gz`, `.xz`, `.zst` or `.bz2`):
 
     .txt (or anything else)  one document per line, or per blank-line separated block
     .jsonl / .json           one JSON object per line; the text is in `text_field`
