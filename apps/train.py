@@ -23,10 +23,13 @@ hslm/train/config.py; example configs: configs/.
 
 Checkpoints are written atomically under OUT/checkpoints with checksums (the last keep_last
 plus the best by validation loss); running the same command again resumes from the newest
-valid one, also after a crash. SIGTERM or Ctrl-C checkpoints after the current step and exits
-with code 3. Metrics: OUT/metrics.jsonl (and OUT/logs/rank_N.jsonl per rank), fsynced every
-record. At the end the model is written to OUT/model, a folder hslm-generate and hslm-export
-read (they also read OUT itself or a checkpoint file).
+valid one, also after a crash, if the settings are the checkpoint's (see SAFE_TO_CHANGE in
+hslm/train/config.py; resume=force continues anyway). OUT/run.lock keeps a second run out of
+OUT. SIGTERM or Ctrl-C checkpoints after the current step and exits with code 3; a failed
+checkpoint write (full disk) stops the run with exit code 2 and keeps the previous one.
+Metrics: OUT/metrics.jsonl (and OUT/logs/rank_N.jsonl per rank), fsynced every record. At
+the end the model is written to OUT/model, a folder hslm-generate and hslm-export read (they
+also read OUT itself or a checkpoint file).
 
 Several processes (DDP; NCCL on GPUs, gloo on CPUs):
   torchrun --nproc-per-node 8 --no-python hslm-train --config configs/hindi-270m-gpu.yaml ...""",
@@ -55,7 +58,7 @@ def run(args) -> int:
         if config.task == "sft" and not config.init_from:
             print("warning: task=sft without init_from fine-tunes a randomly initialised model")
         tokenizer = Tokenizer.load(config.tokenizer)
-        world = distributed.setup(config.device)
+        world = distributed.setup(config.device, config.collective_timeout)
     except (ConfigError, TokenizerError) as err:
         raise UsageError(str(err)) from None
 
@@ -81,6 +84,11 @@ def run(args) -> int:
         result = train(config, tokenizer, world, progress=show)
     except (TrainingError, ConfigError) as err:
         raise UsageError(str(err)) from None
+    except distributed.dist.DistError as err:  # another rank died or hung
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"rank {world.rank}: the other ranks did not answer within "
+                         f"collective_timeout={config.collective_timeout} s ({first_line[:300]})"
+                         ) from None
     finally:
         if bar is not None:
             bar.close()
@@ -91,7 +99,11 @@ def run(args) -> int:
         print(f"stopped by {result.stopped_by} at step {result.step}; checkpoint written. "
               "Run the same command to resume.")
         return EXIT_STOPPED
-    folder = save_hf(result.model.cpu(), f"{config.out}/model", tokenizer=tokenizer)
+    try:
+        folder = save_hf(result.model.cpu(), f"{config.out}/model", tokenizer=tokenizer)
+    except OSError as err:
+        raise UsageError(f"cannot write the model to {config.out}/model: {err}; the last "
+                         "checkpoint in OUT/checkpoints has the same weights") from None
     summary = {"step": result.step, "tokens": result.tokens, "skipped_steps": result.skipped_steps,
                **{k: v for k, v in result.evaluation.items() if k != "samples"},
                "model": str(folder)}

@@ -44,9 +44,11 @@ def final_weights(out) -> dict[str, torch.Tensor]:
 
 
 def losses_by_step(out) -> dict[int, float]:
-    """The loss of each step; a step replayed after a crash keeps its last record."""
-    return {record["step"]: record["loss"]
-            for record in map(json.loads, open(out / "metrics.jsonl", encoding="utf-8"))}
+    """The loss of each step (logged once: a resume drops the records after its checkpoint)."""
+    records = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8")]
+    steps = [record["step"] for record in records]
+    assert steps == sorted(set(steps)), steps
+    return {record["step"]: record["loss"] for record in records}
 
 
 def test_two_rank_ddp_equals_one_rank(shard_dir, trained_tokenizer_dir, tmp_path):
@@ -91,7 +93,8 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(shard_dir, trained_
     killed_at = load_latest(out / "checkpoints")["step"]
     assert killed_at < steps
 
-    run(TRAIN + run_args(shard_dir, trained_tokenizer_dir, out, **common))  # auto-resume
+    resumed = run(TRAIN + run_args(shard_dir, trained_tokenizer_dir, out, **common))
+    assert "taking over" in resumed.stderr  # the killed run's lock
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(out)
     for name, tensor in straight.items():
         assert torch.equal(tensor, resumed[name]), f"{name} differs (killed after step {killed_at})"
@@ -109,6 +112,9 @@ def test_sigterm_checkpoints_and_exits(shard_dir, trained_tokenizer_dir, tmp_pat
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
         assert process.poll() is None and time.time() < deadline, process.communicate()
         time.sleep(0.01)
+    second = run(args, check=False)  # the same folder while the first run is training
+    assert second.returncode == 2 and "used by another run" in second.stderr, second.stderr
+    assert process.poll() is None
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 3, stderr
@@ -144,3 +150,85 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     assert not (tmp_path / "step_000002.pt").exists()
     state = load_latest(tmp_path)
     assert state["step"] == 1 and torch.equal(state["weights"], torch.ones(1000))
+
+
+# Runs hslm-train with rank 0's checkpoint writes from step FAIL_AT on failing as on a full disk
+# (FAIL_HOW=enospc) or never returning (FAIL_HOW=hang).
+FAILING_DISK = """
+import errno, os, sys, time
+import torch
+
+real_save = torch.save
+
+def failing_save(state, file):
+    if state["step"] >= int(os.environ["FAIL_AT"]):
+        if os.environ["FAIL_HOW"] == "hang":
+            time.sleep(600)
+        file.write(b"part of a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_save(state, file)
+
+torch.save = failing_save
+from hslm.apps.train import main
+main(sys.argv[1:])
+"""
+
+
+def test_full_disk_under_ddp_stops_every_rank(shard_dir, trained_tokenizer_dir, tmp_path):
+    script = tmp_path / "failing_disk.py"
+    script.write_text(FAILING_DISK)
+    out = tmp_path / "run"
+    started = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(script), "--samples", "0"]
+        + run_args(shard_dir, trained_tokenizer_dir, out, steps=6, checkpoint_every=2,
+                   collective_timeout=30),
+        env={**ENV, "FAIL_AT": "4", "FAIL_HOW": "enospc"}, cwd=CWD, capture_output=True,
+        text=True, timeout=120)
+    assert done.returncode != 0
+    assert time.time() - started < 60  # the ranks stop together, not at a timeout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("checkpoint of step 4" in line and
+                                    "No space left on device" in line for line in errors), errors
+    assert "loop.py" not in done.stderr  # no traceback from the ranks (torchrun prints its own)
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == [
+        "step_000002.pt", "step_000002.pt.sha256"]
+    assert load_latest(out / "checkpoints")["step"] == 2
+
+
+def test_a_hung_rank_stops_the_others_after_the_collective_timeout(shard_dir,
+                                                                   trained_tokenizer_dir,
+                                                                   tmp_path):
+    import socket
+
+    script = tmp_path / "failing_disk.py"
+    script.write_text(FAILING_DISK)
+    with socket.socket() as probe:  # a free port for the ranks to meet on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [sys.executable, str(script), "--samples", "0"] + run_args(
+        shard_dir, trained_tokenizer_dir, tmp_path / "run", steps=6, checkpoint_every=2,
+        collective_timeout=5)
+    ranks = [subprocess.Popen(args, cwd=CWD, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True,
+                              env={**ENV, "FAIL_AT": "4", "FAIL_HOW": "hang", "RANK": str(rank),
+                                   "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for rank in (0, 1)]
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 4):
+            assert ranks[1].poll() is None and time.time() < deadline, ranks[1].communicate()
+            time.sleep(0.05)
+        hung_at = time.time()  # rank 0 is in its step-4 checkpoint write, forever
+        _, stderr = ranks[1].communicate(timeout=60)
+        waited = time.time() - hung_at
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    assert ranks[1].returncode == 2 and waited < 5 + 20, (waited, stderr)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "collective_timeout=5" in errors[0], stderr

@@ -4,6 +4,12 @@
 sha256 is written beside it (`.sha256`), which marks it complete. Loading takes the newest
 checkpoint whose checksum matches; a truncated or corrupted one is reported and skipped.
 The newest `keep_last` are kept, plus the one with the best validation loss (`best.json`).
+Checkpoints are ordered by the step number in their names, so any step count sorts right.
+
+A checkpoint holds tensors and plain Python values only (dicts, lists, numbers, strings,
+bytes) and is read with `torch.load(weights_only=True)`: a file that carries any other Python
+object, which unpickling would construct or call, is refused before anything in it runs. The
+`.sha256` proves a file is complete, not who made it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +27,7 @@ import torch
 from hslm.files import write_atomically
 
 PATTERN = "step_*.pt"
+NAME = re.compile(r"step_(\d+)\.pt")
 BEST = "best.json"
 
 
@@ -28,12 +37,20 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep_last: int,
                     val_loss: float | None = None) -> Path:
-    """Write the checkpoint of `step`; `val_loss` (measured at this step) competes for best."""
+    """Write the checkpoint of `step`; `val_loss` (measured at this step) competes for best.
+    On a write error (a full disk) nothing of this step is left behind, the previous
+    checkpoints stay as they were, and the OSError is raised."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:06d}.pt"
-    write_atomically(path, lambda f: torch.save(state, f))
-    checksum = _sha256(path).encode()
-    write_atomically(path.with_name(path.name + ".sha256"), lambda f: f.write(checksum))
+    checksum_path = path.with_name(path.name + ".sha256")
+    try:
+        write_atomically(path, lambda f: torch.save(state, f))
+        checksum = _sha256(path).encode()
+        write_atomically(checksum_path, lambda f: f.write(checksum))
+    except OSError:
+        checksum_path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # without its checksum it is not a checkpoint
+        raise
     best = best_checkpoint(folder)
     if val_loss is not None and (best is None or val_loss < best["val_loss"]):
         best = {"step": step, "val_loss": val_loss, "file": path.name}
@@ -41,11 +58,28 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep_last: int,
         write_atomically(folder / BEST, lambda f: f.write(text))
     _fsync_dir(folder)
     keep = {best["file"]} if best else set()
-    for old in sorted(folder.glob(PATTERN))[:-keep_last]:
+    for old in checkpoint_files(folder)[:-keep_last]:
         if old.name not in keep:
             old.unlink()
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
     return path
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The `step_N.pt` files in `folder`, oldest first by N (not by name: names grow a digit at
+    1,000,000 steps)."""
+    steps = {}
+    for path in folder.glob(PATTERN):
+        match = NAME.fullmatch(path.name)
+        if match:
+            steps[path] = int(match.group(1))
+    return sorted(steps, key=steps.get)
+
+
+def remove_partial_writes(folder: Path) -> None:
+    """Delete temporary files a killed run left half-written (call with the run's lock held)."""
+    for tmp in folder.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def best_checkpoint(folder: Path) -> dict | None:
@@ -78,12 +112,27 @@ def is_valid(path: Path) -> bool:
 
 
 def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # PyTorch's message advises weights_only=False; keep only the line naming the object.
+        found = [line.strip() for line in str(err).splitlines()
+                 if "GLOBAL" in line or "Unsupported" in line]
+        detail = f" ({found[0][:200]})" if found else ""
+        raise CheckpointError(f"refusing {path}: it holds Python objects or code besides "
+                              f"tensors and plain values, which hslm's checkpoints never do"
+                              f"{detail}") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {err}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not an hslm checkpoint (holds a {type(state).__name__})")
+    return state
 
 
 def load_latest(folder: Path) -> dict | None:
-    """The newest valid checkpoint's state, or None when there is none."""
-    for path in sorted(folder.glob(PATTERN), reverse=True):
+    """The newest valid checkpoint's state, or None when there is none. Raises CheckpointError
+    for a complete checkpoint that is refused (see `_load`)."""
+    for path in reversed(checkpoint_files(folder)):
         if is_valid(path):
             return _load(path)
         print(f"warning: skipping {path}: incomplete or corrupted (checksum mismatch)",

@@ -12,6 +12,17 @@ from hslm.configfile import load_dataclass
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 TASKS = ("pretrain", "sft")
+RESUME_MODES = ("auto", "force")
+
+# Keys a resumed run may change: they decide how long the run goes, how it is watched, where it
+# runs or how fast, not what is learned from which data. Any other difference from the
+# checkpoint's config (model, data, seed, batch, learning rate and the optimizer's settings,
+# precision, task, init_from) stops a resume unless resume=force. `steps` also stretches the
+# cosine schedule from the resumed step on; `tokenizer` may move (its checksum is compared).
+SAFE_TO_CHANGE = ("steps", "out", "tokenizer", "log_every", "eval_every", "eval_batches",
+                  "eval_samples", "checkpoint_every", "keep_last", "max_nonfinite", "device",
+                  "compile", "loss_chunk_tokens", "peak_tflops", "tensorboard", "resume",
+                  "collective_timeout")
 
 
 @dataclass
@@ -49,16 +60,24 @@ class TrainConfig:
     max_nonfinite: int = 5  # consecutive skipped steps before giving up
     peak_tflops: float = 0.0  # the device's peak for MFU; 0 = look up (GPU) or measure (CPU)
     tensorboard: bool = False  # also write TensorBoard events under OUT/tensorboard
+    # auto: resume from OUT's newest checkpoint if its config differs only in SAFE_TO_CHANGE
+    # keys, else stop and list the differences; force: resume anyway (the checkpoint's model,
+    # the new settings from the resumed step on)
+    resume: str = "auto"
+    # Seconds a rank waits for the others at a collective before the run stops (DDP).
+    collective_timeout: int = 300
 
     def __post_init__(self) -> None:
         for name in ("steps", "seq_len", "batch_tokens", "micro_batch", "log_every",
                      "eval_every", "eval_batches", "checkpoint_every", "keep_last",
-                     "max_nonfinite", "loss_chunk_tokens"):
+                     "max_nonfinite", "loss_chunk_tokens", "collective_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.resume not in RESUME_MODES:
+            raise ConfigError(f"resume must be one of {RESUME_MODES}, got {self.resume!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -85,3 +104,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resume_differences(self, saved: dict[str, Any]) -> list[str]:
+        """One line per key, other than SAFE_TO_CHANGE, whose value in `saved` (a checkpoint's
+        config) differs from this config's. Keys a checkpoint predates count as their default."""
+        lines = []
+        for item in dataclasses.fields(self):
+            if item.name in SAFE_TO_CHANGE:
+                continue
+            default = item.default_factory() if item.default_factory is not dataclasses.MISSING \
+                else item.default
+            before, now = saved.get(item.name, default), getattr(self, item.name)
+            if before != now:
+                lines.append(f"{item.name}: {before!r} in the checkpoint, {now!r} now")
+        return lines

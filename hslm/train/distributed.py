@@ -12,8 +12,6 @@ import torch.distributed as dist
 
 from hslm.config import ConfigError
 
-# Long enough for a slow checkpoint write on rank 0 while the others wait at a collective.
-TIMEOUT = timedelta(minutes=20)
 
 
 @dataclass(frozen=True)
@@ -43,8 +41,11 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return torch.device(device)
 
 
-def setup(device: str) -> World:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+def setup(device: str, timeout_seconds: int = 300) -> World:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). A collective that
+    waits longer than `timeout_seconds` for another rank (one that died or hangs) raises, so
+    the run stops instead of hanging; it must exceed rank 0's slowest checkpoint write and
+    evaluation, which the others wait for."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -53,7 +54,8 @@ def setup(device: str) -> World:
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
         dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo",
-                                timeout=TIMEOUT, device_id=resolved if resolved.type == "cuda" else None)
+                                timeout=timedelta(seconds=timeout_seconds),
+                                device_id=resolved if resolved.type == "cuda" else None)
     return World(rank, world_size, local_rank, resolved)
 
 
@@ -78,8 +80,3 @@ def all_gather(world: World, value) -> list:
     gathered = [None] * world.world_size
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -25,10 +26,12 @@ from hslm.data.shards import ShardError, TokenShards
 from hslm.model import Gemma3
 from hslm.tokenizer import Tokenizer
 from hslm.train import distributed
-from hslm.train.checkpoint import load_latest, model_from_state, save_checkpoint
-from hslm.train.config import TrainConfig
+from hslm.train.checkpoint import (CheckpointError, load_latest, model_from_state,
+                                   remove_partial_writes, save_checkpoint)
+from hslm.train.config import SAFE_TO_CHANGE, TrainConfig
 from hslm.train.distributed import World, all_gather, all_reduce_sum
 from hslm.train.evaluate import evaluate, sample_generations, token_byte_lengths
+from hslm.train.lock import LockError, RunLock
 from hslm.train.loss import IGNORE, LanguageModelLoss
 from hslm.train.metrics import MetricsLog, flops_per_token, peak_tflops
 from hslm.train.sft import ConversationSet, SFTDataError
@@ -195,23 +198,71 @@ class TrainResult:
     stopped_by: str | None = None  # the signal's name when stopped early by one
 
 
+def resumable(config: TrainConfig, tokenizer: Tokenizer) -> dict | None:
+    """The newest valid checkpoint in config.out if this config may continue it, else None
+    (nothing to resume). Raises TrainingError when it was trained otherwise (unless
+    resume=force) or is refused."""
+    out = Path(config.out)
+    try:
+        resumed = load_latest(out / "checkpoints")
+    except CheckpointError as err:
+        raise TrainingError(str(err)) from None
+    if resumed is None:
+        return None
+    if resumed["tokenizer_sha256"] != tokenizer.sha256:
+        raise TrainingError(f"the checkpoints in {out} were trained with another tokenizer")
+    differences = config.resume_differences(resumed["config"])
+    if differences and config.resume != "force":
+        raise TrainingError(
+            f"the checkpoint in {out} (step {resumed['step']}) was trained with other settings:\n"
+            + "".join(f"  {line}\n" for line in differences)
+            + "use the same settings to resume, another out=... to start a new run, or "
+            f"resume=force to continue it anyway (safe to change: {', '.join(SAFE_TO_CHANGE)})")
+    if differences:
+        print("warning: resume=force: continuing the checkpoint with changed settings: "
+              + "; ".join(differences), file=sys.stderr)
+    return resumed
+
+
 def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None, progress=None,
           stop_at_step: int | None = None) -> TrainResult:
     """Train, resuming from the newest valid checkpoint in config.out. `stop_at_step` ends the
     run early with a checkpoint, as a pre-emption would; running again continues it.
-    `progress(record)` is called on rank 0 with every logged record."""
-    world = world or distributed.setup(config.device)
+    `progress(record)` is called on rank 0 with every logged record. The output folder is
+    locked for the run (see hslm.train.lock)."""
+    world = world or distributed.setup(config.device, config.collective_timeout)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    lock, refused = None, None
+    if world.is_main:
+        try:
+            lock = RunLock(out).acquire()
+        except LockError as err:
+            refused = str(err)
+        except OSError as err:
+            refused = f"cannot lock {out} for this run: {err}"
+    refused = all_gather(world, refused)[0]  # every rank stops when rank 0 has no lock
+    if refused:
+        raise TrainingError(refused)
+    try:
+        if world.is_main:
+            remove_partial_writes(out / "checkpoints")  # left by a killed run
+        return _train(config, tokenizer, world, progress, stop_at_step)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: TrainConfig, tokenizer: Tokenizer, world: World, progress,
+           stop_at_step: int | None) -> TrainResult:
+    out = Path(config.out)
     train_data, val_data = open_data(config, tokenizer)
     try:
         grad_accum = config.grad_accum(world.world_size)
     except ConfigError as err:
         raise TrainingError(str(err)) from None
 
-    resumed = load_latest(out / "checkpoints")
-    if resumed is not None and resumed["tokenizer_sha256"] != tokenizer.sha256:
-        raise TrainingError(f"the checkpoints in {out} were trained with another tokenizer")
+    resumed = resumable(config, tokenizer)
     torch.manual_seed(config.seed)
     model = initial_model(config, tokenizer, resumed).to(world.device)
     if config.seq_len > model.config.context_length:
@@ -222,6 +273,11 @@ def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None,
     step = tokens = skipped = 0
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
+        for group, weight_decay in zip(optimizer.param_groups, (config.weight_decay, 0.0)):
+            # load_state_dict restores the checkpoint's settings: with resume=force the new
+            # ones apply (with resume=auto they are the same)
+            group.update(betas=(config.beta1, config.beta2), eps=config.eps,
+                         weight_decay=weight_decay)
         scaler.load_state_dict(resumed["scaler"])
         step, tokens, skipped = resumed["step"], resumed["tokens"], resumed["skipped_steps"]
         if len(resumed["rng"]) == world.world_size:  # else: a different number of ranks
@@ -233,13 +289,13 @@ def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None,
     flops = flops_per_token(model.config, config.seq_len)
     peak = peak_tflops(world.device, AUTOCAST_DTYPES.get(config.precision, torch.float32),
                        config.peak_tflops)
-    log = MetricsLog(out, world.rank, config.tensorboard)
     last_step = min(config.steps, stop_at_step or config.steps)
     evaluation: dict = {}
     nonfinite_in_a_row = 0
     outcome = None
     model.train()
-    with StopRequest() as stop:
+    with MetricsLog(out, world.rank, config.tensorboard, resume_step=step) as log, \
+            StopRequest() as stop:
         while step < last_step:
             started = time.perf_counter()
             lr = learning_rate(config, step)
@@ -288,9 +344,9 @@ def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None,
                 rng = all_gather(world, {"cpu": torch.get_rng_state(),
                                          "cuda": torch.cuda.get_rng_state(world.device)
                                          if world.device.type == "cuda" else None})
+                failed = None
                 if world.is_main:
-                    val_loss = evaluation.get("val_loss") if evaluated else None
-                    save_checkpoint(out / "checkpoints", step, {
+                    state = {
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(), "step": step, "tokens": tokens,
                         "skipped_steps": skipped, "rng": rng,
@@ -300,11 +356,22 @@ def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None,
                         "config": config.to_dict(), "model_config": model.config.to_dict(),
                         "tokenizer_sha256": tokenizer.sha256,
                         "tokenizer_model": tokenizer.model_bytes,
-                    }, config.keep_last, val_loss)
-                distributed.barrier(world)
+                    }
+                    val_loss = evaluation.get("val_loss") if evaluated else None
+                    try:
+                        save_checkpoint(out / "checkpoints", step, state, config.keep_last,
+                                        val_loss)
+                    except OSError as err:
+                        failed = (f"cannot write the checkpoint of step {step} in "
+                                  f"{out / 'checkpoints'}: {err.strerror or err}; the ones "
+                                  "written before are intact: make room and run the same "
+                                  "command to resume from the newest")
+                # The other ranks wait here for rank 0's write, and stop with it if it failed.
+                failed = all_gather(world, failed)[0]
+                if failed:
+                    raise TrainingError(failed)
             if outcome.stop_votes > 0:
                 break
-    log.close()
     stopped_by = signal.Signals(stop.signum).name if stop.signum is not None else None
     if stopped_by is None and outcome is not None and outcome.stop_votes > 0:
         stopped_by = "SIGTERM"  # another rank was signalled

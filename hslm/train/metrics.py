@@ -2,7 +2,8 @@
 
 Rank 0 writes the global metrics to OUT/metrics.jsonl; every rank writes its own
 OUT/logs/rank_N.jsonl. Each record is flushed and fsynced, so a killed run loses at most the
-record being written.
+record being written. A resumed run first drops the records after the step it resumes from
+(written after that checkpoint, they are written again), so every step appears once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from hslm.config import ConfigError, ModelConfig
+from hslm.files import write_atomically
 
 # Dense bf16/fp16 tensor-core peaks in TFLOPS, matched against torch.cuda.get_device_name().
 # More specific names first ("H100 PCIe" before "H100").
@@ -66,13 +68,36 @@ def peak_tflops(device: torch.device, dtype: torch.dtype, configured: float = 0.
     return measure_peak_tflops(device, dtype)
 
 
+def drop_records_after(path: Path, step: int) -> None:
+    """Keep the records of `path` up to `step` (and no line a kill left half-written)."""
+    if not path.is_file():
+        return
+
+    def kept(file) -> None:
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= step:
+                    file.write(line.encode("utf-8"))
+
+    write_atomically(path, kept)
+
+
 class MetricsLog:
-    def __init__(self, out: Path, rank: int, tensorboard: bool = False):
+    """Appends records from `resume_step` on (a context manager closing the files)."""
+
+    def __init__(self, out: Path, rank: int, tensorboard: bool = False, resume_step: int = 0):
         (out / "logs").mkdir(parents=True, exist_ok=True)
-        self.files = [open(out / "logs" / f"rank_{rank}.jsonl", "a", encoding="utf-8")]
+        paths = [out / "logs" / f"rank_{rank}.jsonl"]
         self.main = rank == 0
         if self.main:
-            self.files.insert(0, open(out / "metrics.jsonl", "a", encoding="utf-8"))
+            paths.insert(0, out / "metrics.jsonl")
+        for path in paths:
+            drop_records_after(path, resume_step)
+        self.files = [open(path, "a", encoding="utf-8") for path in paths]
         self.tensorboard = None
         if tensorboard and self.main:
             try:
@@ -101,3 +126,9 @@ class MetricsLog:
             file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
