@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--seed", type=int, help="same seed, same answers")
     parser.add_argument("--threads", type=int, help="CPU threads")
+    parser.add_argument("--ctx", type=int, metavar="TOKENS",
+                        help="GGUF/ONNX KV cache length (default: the model's; GGUF at most 4096)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="PyTorch only")
     return parser
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     from hslm.runtime.guided import GuideError
 
     try:
-        runtime = load(args.model, threads=args.threads, dtype=args.dtype)
+        runtime = load(args.model, threads=args.threads, dtype=args.dtype, context_length=args.ctx)
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.seed)
     except (RuntimeLoadError, ValueError) as err:

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="PyTorch only")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--ctx", type=int, metavar="TOKENS",
+                        help="GGUF/ONNX KV cache length (default: the model's; GGUF at most 4096)")
     parser.add_argument("--no-bos", action="store_true", help="do not prepend <bos>")
     return parser
 
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
             stop_strings=args.stop, seed=args.seed)
         runtime = load(args.gguf or args.onnx or args.model, threads=args.threads,
-                       dtype=args.dtype, device=args.device)
+                       dtype=args.dtype, device=args.device, context_length=args.ctx)
         if args.chat:
             prompt_ids = runtime.encode_chat([{"role": "user", "content": prompt}])
         else:

@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     parser.add_argument("--name", help="model id clients use (default: the file/folder name)")
     parser.add_argument("--threads", type=int, help="CPU threads for the model")
+    parser.add_argument("--ctx", type=int, metavar="TOKENS",
+                        help="GGUF/ONNX KV cache length (default: the model's; GGUF at most 4096)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="PyTorch only")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from hslm.runtime.server import serve
 
     try:
-        runtime = load(args.model, threads=args.threads, dtype=args.dtype)
+        runtime = load(args.model, threads=args.threads, dtype=args.dtype, context_length=args.ctx)
         server = serve(runtime, args.host, args.port, args.name, args.verbose)
     except RuntimeLoadError as err:
         fail(str(err))

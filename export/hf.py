@@ -177,8 +177,14 @@ def _weight_files(folder: Path) -> list[Path]:
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as err:
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
             raise HFFormatError(f"{index} is not a valid safetensors index: {err!r}") from None
+        for shard in shards:
+            # A file in the folder, by name: an index must not read weights from elsewhere.
+            # (Symbolic links inside the folder are followed, as in Hugging Face's cache.)
+            if not isinstance(shard, str) or not shard.strip() or Path(shard).is_absolute() \
+                    or ".." in Path(shard).parts:
+                raise HFFormatError(f"{index} names a weights file outside {folder}: {shard!r}")
         return [folder / shard for shard in shards]
     files = sorted(folder.glob("*.safetensors"))
     if not files:

@@ -94,9 +94,10 @@ class Runtime:
 
 
 def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32",
-         device: str = "cpu") -> Runtime:
+         device: str = "cpu", context_length: int | None = None) -> Runtime:
     """A runtime for a model folder / checkpoint / training run (PyTorch), a `.gguf` file
-    (llama.cpp) or an ONNX folder (ONNX Runtime)."""
+    (llama.cpp) or an ONNX folder (ONNX Runtime). `context_length` sizes the KV cache of
+    llama.cpp and ONNX Runtime (default: the model's; for GGUF at most 4,096)."""
     import torch
 
     path = Path(path)
@@ -111,7 +112,7 @@ def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32"
         from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
 
         try:
-            source, tokenizer = load_gguf(path, threads=threads)
+            source, tokenizer = load_gguf(path, threads=threads, context_length=context_length)
         except GGUFLoadError as err:
             raise RuntimeLoadError(str(err)) from None
         return Runtime("llama.cpp", source, tokenizer, path.stem)
@@ -119,7 +120,7 @@ def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32"
         from hslm.runtime.onnx import OnnxLoadError, load_onnx
 
         try:
-            source, tokenizer = load_onnx(path, threads=threads)
+            source, tokenizer = load_onnx(path, threads=threads, context_length=context_length)
         except OnnxLoadError as err:
             raise RuntimeLoadError(str(err)) from None
         folder = path if path.is_dir() else path.parent

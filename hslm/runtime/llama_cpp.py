@@ -24,6 +24,9 @@ from hslm.normalize import normalize
 from hslm.tokenizer import TokenizerError, encode_chat
 
 _BYTE_PIECE_LENGTH = len("<0x00>")
+# The KV cache llama.cpp allocates by default: the file's context, at most this. A file's
+# context_length is whatever its writer put there (Gemma 3: 32,768; a crafted file: 2^63).
+DEFAULT_CONTEXT = 4096
 
 
 @contextlib.contextmanager
@@ -155,7 +158,8 @@ class LlamaCppLogits:
 def load_gguf(path: str | Path, threads: int | None = None, context_length: int | None = None,
               all_logits: bool = False) -> tuple[LlamaCppLogits, GGUFTokenizer]:
     """(logits source, tokenizer) for a GGUF file. The KV cache is kept in F32 so that the
-    file's own precision is what is measured."""
+    file's own precision is what is measured; it holds `context_length` tokens (default: the
+    file's context, at most DEFAULT_CONTEXT)."""
     from llama_cpp import Llama
 
     path = Path(path)
@@ -171,7 +175,9 @@ def load_gguf(path: str | Path, threads: int | None = None, context_length: int 
         if "gemma3.context_length" in reader.fields else None
     if trained_context is None:
         raise GGUFLoadError(f"{path} is not a gemma3 GGUF file")
-    n_ctx = context_length or trained_context
+    n_ctx = context_length or min(trained_context, DEFAULT_CONTEXT)
+    if n_ctx < 1:  # llama.cpp would read 0 as "the file's context"
+        raise GGUFLoadError(f"{path}: a context of {n_ctx} tokens is not a context")
     if n_ctx > trained_context:
         raise GGUFLoadError(f"a context of {n_ctx} is longer than the model's {trained_context}")
     try:

@@ -92,15 +92,11 @@ def onnx_summary(path: str | Path) -> tuple[str, int]:
     """(the folder's type: fp32, int8 or int4; bytes of the weights decoding reads per token:
     every initializer except tables only looked up). Raises OnnxLoadError."""
     import onnx
-    from google.protobuf.message import DecodeError
 
     path = Path(path)
     graph = path / MODEL_FILE if path.is_dir() else path
-    try:
-        model = onnx.load(str(graph), load_external_data=False)
-    except (OSError, DecodeError) as err:
-        raise OnnxLoadError(f"{graph} is not a readable ONNX model: {err}") from None
-    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    model = _read_graph(graph)
+    metadata = _metadata(model)
     read_config(metadata, graph)
     consumers: dict[str, set[str]] = {}
     for node in model.graph.node:
@@ -113,6 +109,35 @@ def onnx_summary(path: str | Path) -> tuple[str, int]:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
         read += int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
     return metadata.get(META_PREFIX + "quantization", "fp32"), read
+
+
+def _read_graph(graph: Path):
+    """The graph's protobuf, without its external weights (nothing runs, nothing else is read)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(graph), load_external_data=False)
+    except (OSError, DecodeError) as err:
+        raise OnnxLoadError(f"{graph} is not a readable ONNX model: {err}") from None
+
+
+def _metadata(model) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def _check_external_data(model, graph: Path) -> None:
+    """Every external weights file the graph names is in its folder, by name (as hslm writes
+    them): a graph must not make ONNX Runtime read files from elsewhere."""
+    import onnx
+
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data
+                         if entry.key == "location"), "")
+        if not location.strip() or Path(location).is_absolute() or ".." in Path(location).parts:
+            raise OnnxLoadError(f"{graph} reads weights from outside its folder: {location!r}")
 
 
 def _session(graph: Path, threads: int | None):
@@ -143,6 +168,19 @@ def read_config(metadata: dict[str, str], graph: Path) -> ModelConfig:
         raise OnnxLoadError(f"{graph} has no valid model config in its metadata: {err}") from None
 
 
+def _check_folder(graph: Path, tokenizer: Tokenizer) -> ModelConfig:
+    """The model's config, after hslm's checks of the folder: done before ONNX Runtime reads
+    the graph and its weights."""
+    proto = _read_graph(graph)
+    metadata = _metadata(proto)
+    config = read_config(metadata, graph)
+    _check_external_data(proto, graph)
+    if tokenizer.sha256 != metadata.get(META_PREFIX + "tokenizer_sha256"):
+        raise OnnxLoadError(f"the tokenizer in {graph.parent} is not the one {graph} was "
+                            "exported with (files from another model?)")
+    return config
+
+
 def load_onnx(path: str | Path, threads: int | None = None, context_length: int | None = None
               ) -> tuple[OnnxLogits, Tokenizer]:
     """(logits source, tokenizer) for an ONNX folder (or the model.onnx inside one)."""
@@ -156,12 +194,8 @@ def load_onnx(path: str | Path, threads: int | None = None, context_length: int 
     except TokenizerError as err:
         raise OnnxLoadError(f"{folder} has no usable tokenizer ({err}); export the folder again "
                             "with hslm-export --onnx") from None
+    config = _check_folder(graph, tokenizer)
     session = _session(graph, threads)
-    metadata = session.get_modelmeta().custom_metadata_map
-    config = read_config(metadata, graph)
-    if tokenizer.sha256 != metadata.get(META_PREFIX + "tokenizer_sha256"):
-        raise OnnxLoadError(f"the tokenizer in {folder} is not the one {graph} was exported with "
-                            "(files from another model?)")
     expected_inputs, expected_outputs = io_names(config.n_layers)
     if [i.name for i in session.get_inputs()] != expected_inputs or \
             [o.name for o in session.get_outputs()] != expected_outputs:
