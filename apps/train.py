@@ -84,11 +84,9 @@ def run(args) -> int:
         result = train(config, tokenizer, world, progress=show)
     except (TrainingError, ConfigError) as err:
         raise UsageError(str(err)) from None
-    except distributed.dist.DistError as err:  # another rank died or hung
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"rank {world.rank}: the other ranks did not answer within "
-                         f"collective_timeout={config.collective_timeout} s ({first_line[:300]})"
-                         ) from None
+    except distributed.CollectiveError as err:
+        raise UsageError(f"rank {world.rank}: another rank died or did not answer within "
+                         f"collective_timeout={config.collective_timeout} s ({err})") from None
     finally:
         if bar is not None:
             bar.close()

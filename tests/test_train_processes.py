@@ -156,50 +156,31 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
 # (FAIL_HOW=enospc) or never returning (FAIL_HOW=hang).
 FAILING_DISK = """
 import errno, os, sys, time
-import torch
+from hslm.train import checkpoint
 
-real_save = torch.save
+real_write = checkpoint.write_atomically
 
-def failing_save(state, file):
-    if state["step"] >= int(os.environ["FAIL_AT"]):
+def failing_write(path, write):
+    if path.suffix == ".pt" and int(path.stem.split("_")[1]) >= int(os.environ["FAIL_AT"]):
         if os.environ["FAIL_HOW"] == "hang":
             time.sleep(600)
-        file.write(b"part of a checkpoint")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return real_save(state, file)
 
-torch.save = failing_save
+        def part_then_full(file):
+            file.write(b"part of a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        return real_write(path, part_then_full)
+    return real_write(path, write)
+
+checkpoint.write_atomically = failing_write
 from hslm.apps.train import main
 main(sys.argv[1:])
 """
 
 
-def test_full_disk_under_ddp_stops_every_rank(shard_dir, trained_tokenizer_dir, tmp_path):
-    script = tmp_path / "failing_disk.py"
-    script.write_text(FAILING_DISK)
-    out = tmp_path / "run"
-    started = time.time()
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(script), "--samples", "0"]
-        + run_args(shard_dir, trained_tokenizer_dir, out, steps=6, checkpoint_every=2,
-                   collective_timeout=30),
-        env={**ENV, "FAIL_AT": "4", "FAIL_HOW": "enospc"}, cwd=CWD, capture_output=True,
-        text=True, timeout=120)
-    assert done.returncode != 0
-    assert time.time() - started < 60  # the ranks stop together, not at a timeout
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2 and all("checkpoint of step 4" in line and
-                                    "No space left on device" in line for line in errors), errors
-    assert "loop.py" not in done.stderr  # no traceback from the ranks (torchrun prints its own)
-    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == [
-        "step_000002.pt", "step_000002.pt.sha256"]
-    assert load_latest(out / "checkpoints")["step"] == 2
-
-
-def test_a_hung_rank_stops_the_others_after_the_collective_timeout(shard_dir,
-                                                                   trained_tokenizer_dir,
-                                                                   tmp_path):
+def start_two_ranks(tmp_path, args: list[str], **env) -> list[subprocess.Popen]:
+    """Two gloo ranks of FAILING_DISK, started as torchrun would but without it: torchrun ends
+    every rank when one exits, which would hide whether the others stop by themselves."""
     import socket
 
     script = tmp_path / "failing_disk.py"
@@ -207,22 +188,53 @@ def test_a_hung_rank_stops_the_others_after_the_collective_timeout(shard_dir,
     with socket.socket() as probe:  # a free port for the ranks to meet on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    args = [sys.executable, str(script), "--samples", "0"] + run_args(
-        shard_dir, trained_tokenizer_dir, tmp_path / "run", steps=6, checkpoint_every=2,
-        collective_timeout=5)
-    ranks = [subprocess.Popen(args, cwd=CWD, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True,
-                              env={**ENV, "FAIL_AT": "4", "FAIL_HOW": "hang", "RANK": str(rank),
-                                   "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-             for rank in (0, 1)]
+    return [subprocess.Popen([sys.executable, str(script), "--samples", "0"] + args, cwd=CWD,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**ENV, **env, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                                  "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                  "MASTER_PORT": str(port)})
+            for rank in (0, 1)]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_full_disk_under_ddp_stops_every_rank(shard_dir, trained_tokenizer_dir, tmp_path):
+    out = tmp_path / "run"
+    ranks = start_two_ranks(tmp_path, run_args(shard_dir, trained_tokenizer_dir, out, steps=6,
+                                               checkpoint_every=2, collective_timeout=60),
+                            FAIL_AT="4", FAIL_HOW="enospc")
     try:
-        metrics = tmp_path / "run" / "metrics.jsonl"
+        outputs = [process.communicate(timeout=120)[1] for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+    for process, stderr in zip(ranks, outputs):
+        # Both stop at once, by themselves (not after the 60 s timeout), with one line.
+        assert process.returncode == 2 and "Traceback" not in stderr, stderr
+        errors = error_lines(stderr)
+        assert len(errors) == 1 and "checkpoint of step 4" in errors[0] and \
+            "No space left on device" in errors[0], stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_000002.pt", "step_000002.pt.sha256"]
+    assert load_latest(out / "checkpoints")["step"] == 2
+
+
+def test_a_hung_rank_stops_the_others_after_the_collective_timeout(shard_dir,
+                                                                   trained_tokenizer_dir,
+                                                                   tmp_path):
+    out = tmp_path / "run"
+    ranks = start_two_ranks(tmp_path, run_args(shard_dir, trained_tokenizer_dir, out, steps=6,
+                                               checkpoint_every=2, collective_timeout=5),
+                            FAIL_AT="4", FAIL_HOW="hang")
+    try:
+        metrics = out / "metrics.jsonl"
         deadline = time.time() + 120
         while not (metrics.exists() and metrics.read_text().count("\n") >= 4):
             assert ranks[1].poll() is None and time.time() < deadline, ranks[1].communicate()
             time.sleep(0.05)
-        hung_at = time.time()  # rank 0 is in its step-4 checkpoint write, forever
+        hung_at = time.time()  # rank 0 is in its step-4 checkpoint write, for ten minutes
         _, stderr = ranks[1].communicate(timeout=60)
         waited = time.time() - hung_at
     finally:
@@ -230,5 +242,6 @@ def test_a_hung_rank_stops_the_others_after_the_collective_timeout(shard_dir,
             process.kill()
             process.wait()
     assert ranks[1].returncode == 2 and waited < 5 + 20, (waited, stderr)
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "collective_timeout=5" in errors[0], stderr
+    errors = error_lines(stderr)
+    assert len(errors) == 1 and "collective_timeout=5" in errors[0] and \
+        "Traceback" not in stderr, stderr

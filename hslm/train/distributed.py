@@ -1,5 +1,7 @@
 """Processes and devices: one process, or one per device under `torchrun` (NCCL on GPUs, gloo on
-CPUs). Everything else in training talks to the other ranks through this module."""
+CPUs). Everything else in training talks to the other ranks through this module. Rank 0 works
+alone at times (checkpoints, sampled generations); the others then wait at one of the
+collectives here, which raise CollectiveError after the process group's timeout."""
 
 from __future__ import annotations
 
@@ -59,6 +61,19 @@ def setup(device: str, timeout_seconds: int = 300) -> World:
     return World(rank, world_size, local_rank, resolved)
 
 
+class CollectiveError(RuntimeError):
+    """Another rank did not take part in a collective: it died, or hung past the timeout."""
+
+
+def _collective(run):
+    """Run a collective; gloo and NCCL report a missing rank as a RuntimeError (or DistError)."""
+    try:
+        return run()
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        raise CollectiveError(lines[0][:300] if lines else type(err).__name__) from None
+
+
 def teardown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
@@ -69,7 +84,7 @@ def all_reduce_sum(world: World, values: list[float]) -> list[float]:
     if not world.distributed:
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=world.device)
-    dist.all_reduce(tensor)
+    _collective(lambda: dist.all_reduce(tensor))
     return tensor.tolist()
 
 
@@ -78,5 +93,5 @@ def all_gather(world: World, value) -> list:
     if not world.distributed:
         return [value]
     gathered = [None] * world.world_size
-    dist.all_gather_object(gathered, value)
+    _collective(lambda: dist.all_gather_object(gathered, value))
     return gathered
