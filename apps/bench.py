@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-prompt", type=int, default=512, help="pp prompt tokens (512)")
     parser.add_argument("--n-gen", type=int, default=128, help="tg generated tokens (128)")
     parser.add_argument("--no-agent", action="store_true", help="skip the agent request")
+    parser.add_argument("--no-llama-bench", action="store_true",
+                        help="do not run llama.cpp's own llama-bench on GGUF files (it runs "
+                             "when hslm-native build has built it)")
     parser.add_argument("--compile", action="store_true",
                         help="also run model folders with torch.compile (slow to start: "
                              "decoding recompiles for each sliding-window ring position until "
@@ -51,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> list[Path]:
+    from hslm.bench import llama_bench
     from hslm.bench.machine import machine_info, memory_bandwidth_gbs, physical_cores
     from hslm.bench.report import derive, write_report
     from hslm.bench.run import BenchError, plan_case, run_case, size_model_case
+    from hslm.native import NativeBuildError
 
     if not args.artifacts and not args.sizes:
         raise UsageError("nothing to benchmark: give artifacts and/or --sizes")
@@ -64,6 +69,10 @@ def run(args) -> list[Path]:
     if args.assume_watts is not None and args.assume_watts <= 0:
         raise UsageError("--assume-watts must be > 0")
     threads = args.threads or physical_cores()
+    with_llama_bench = not args.no_llama_bench and llama_bench.available()
+    if not args.no_llama_bench and not with_llama_bench:
+        print("llama-bench is not built (hslm-native build): no llama.cpp figures beside "
+              "hslm's", file=sys.stderr)
     try:
         cases = [case for path in args.artifacts for case in plan_case(path, args.compile)]
         cases += [size_model_case(preset, args.tokenizer, args.output / "models")
@@ -76,8 +85,12 @@ def run(args) -> list[Path]:
             result = run_case(case, threads, args.repeat, args.warmup, args.n_prompt,
                               args.n_gen, not args.no_agent)
             result["derived"] = derive(result, bandwidth, args.assume_watts)
+            if with_llama_bench and case.backend == "llama.cpp":
+                result["llama_bench"] = llama_bench.run_llama_bench(
+                    case.path, threads, args.repeat, result["pp"]["n_prompt"],
+                    result["tg"]["n_gen"])
             results.append(result)
-    except BenchError as err:
+    except (BenchError, NativeBuildError) as err:
         raise UsageError(str(err)) from None
     report = {"tool": "hslm-bench", "machine": machine_info(),
               "settings": {"threads": threads, "repeat": args.repeat, "warmup": args.warmup,

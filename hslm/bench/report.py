@@ -58,6 +58,11 @@ SCHEMA = {
                     "properties": {"latency_s": _NUMBERS, "ttft_s": _NUMBERS,
                                    "joules_per_request": _ENERGY}}]},
                 "energy": {"type": "object", "required": ["source", "idle_watts"]},
+                "llama_bench": {"type": "object", "required": ["pp", "tg"], "properties": {
+                    "pp": {"type": "object", "required": ["n_prompt", "tokens_per_s"],
+                           "properties": {"tokens_per_s": _NUMBERS}},
+                    "tg": {"type": "object", "required": ["n_gen", "tokens_per_s"],
+                           "properties": {"tokens_per_s": _NUMBERS}}}},
                 "derived": {"type": "object", "required": [
                     "pp_tokens_per_s", "tg_tokens_per_s", "tpot_ms", "bytes_per_token",
                     "roofline_efficiency"]},
@@ -155,8 +160,30 @@ def render_markdown(report: dict, plots: list[str]) -> str:
               "Agent request: a ~200-token Hindi chat prompt and a JSON answer of up to 48 "
               "tokens under guided decoding (JSON schema). Peak RSS includes the Python "
               "libraries of the process (PyTorch is imported by every case)."]
+    lines += llama_bench_table(report["cases"])
     lines += [""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def llama_bench_table(cases: list[dict]) -> list[str]:
+    """hslm's figures beside llama.cpp's own llama-bench on the same GGUF files."""
+    rows = [c for c in cases if c.get("llama_bench")]
+    if not rows:
+        return []
+    lines = ["", "## llama.cpp's own llama-bench on the same files", "",
+             "Same threads and lengths; llama-bench's defaults otherwise (F16 KV cache). "
+             "hslm decodes through llama-cpp-python with an F32 KV cache and samples in Python.",
+             "", "| case | pp hslm tok/s | pp llama-bench tok/s | tg hslm tok/s | "
+             "tg llama-bench tok/s | hslm tg / llama-bench tg |", "|---|---:|---:|---:|---:|---:|"]
+    for case in rows:
+        ours_pp, ours_tg = case["derived"]["pp_tokens_per_s"], case["derived"]["tg_tokens_per_s"]
+        theirs_pp = mean_std(case["llama_bench"]["pp"]["tokens_per_s"])
+        theirs_tg = mean_std(case["llama_bench"]["tg"]["tokens_per_s"])
+        lines.append(f"| {case['name']} (pp{case['llama_bench']['pp']['n_prompt']}/"
+                     f"tg{case['llama_bench']['tg']['n_gen']}) | {_pm(ours_pp)} | "
+                     f"{_pm(theirs_pp)} | {_pm(ours_tg)} | {_pm(theirs_tg)} | "
+                     f"{ours_tg[0] / theirs_tg[0]:.0%} |")
+    return lines
 
 
 def write_plots(report: dict, folder: Path) -> list[str]:
