@@ -5,6 +5,21 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 run_dir="${HSLM_RUN_DIR:-runs/demo}"
+
+# Every stage's packages, checked before any work starts (README, Install).
+if ! command -v hslm-data >/dev/null; then
+  echo "error: hslm is not installed: CMAKE_ARGS=\"-DLLAVA_BUILD=OFF\" pip install '.[all]'" >&2
+  exit 2
+fi
+python3 - <<'PY' || exit 2
+import importlib.util, sys
+from hslm.apps.common import EXTRA_OF_MODULE
+missing = sorted({extra for module, extra in EXTRA_OF_MODULE.items()
+                  if importlib.util.find_spec(module) is None})
+if missing:
+    sys.exit(f"error: demo.sh needs the extras {', '.join(missing)}: "
+             "CMAKE_ARGS=\"-DLLAVA_BUILD=OFF\" pip install '.[all]'")
+PY
 mkdir -p "$run_dir"
 
 echo "== 1. data: clean, filter, scrub and deduplicate the raw sample (datatrove)"

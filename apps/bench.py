@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hslm.apps.common import UsageError, fail
+from hslm.apps.common import UsageError, command, fail
 
 SIZE_PRESETS = ("hindi-270m", "hindi-1b", "hindi-4b")
 
@@ -103,6 +103,7 @@ def run(args) -> list[Path]:
     return written
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:

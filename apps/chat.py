@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from hslm.apps.common import DTYPES, fail
+from hslm.apps.common import DTYPES, command, fail
 
 HELP = """commands:
   /json FILE     answer as JSON following the schema in FILE (guided decoding)
@@ -48,6 +48,7 @@ def fit_history(runtime, system: str | None, turns: list[dict], room_for_answer:
         turns = turns[2:]
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from hslm.generate import Generation, SamplingParams

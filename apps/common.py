@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes; torch is imported lazily
+
+
+# Optional packages (top-level module name) -> the pyproject extra that installs them.
+EXTRA_OF_MODULE = {
+    "datatrove": "data", "orjson": "data", "xxhash": "data", "zstandard": "data",
+    "pyarrow": "data", "llama_cpp": "gguf", "gguf": "gguf", "onnx": "onnx",
+    "onnxruntime": "onnx", "onnxscript": "onnx", "onnx_ir": "onnx", "onnxruntime_genai": "onnx",
+    "transformers": "hf", "jinja2": "hf", "matplotlib": "bench", "jsonschema": "bench",
+    "llguidance": "guided",
+}
 
 
 class UsageError(Exception):
@@ -16,6 +28,22 @@ class UsageError(Exception):
 def fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def command(main: Callable[..., None]) -> Callable[..., None]:
+    """A command's entry point that reports a missing optional package as one line naming the
+    extra to install, instead of a traceback."""
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except ModuleNotFoundError as err:
+            extra = EXTRA_OF_MODULE.get((err.name or "").partition(".")[0])
+            if extra is None:
+                raise
+            fail(f"this needs the optional package {err.name!r}: pip install 'hslm[{extra}]' "
+                 "(or 'hslm[all]')")
+    return run
 
 
 def load_model_folder(path: str | Path, dtype: str = "float32"):

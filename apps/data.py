@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hslm.apps.common import UsageError, fail
+from hslm.apps.common import UsageError, command, fail
 
 INPUTS_HELP = ("files, folders (searched recursively) or quoted globs: .txt (a document per "
                "line, or per blank-line block with text_layout=paragraph), .jsonl, .csv, .tsv, "
@@ -211,6 +211,7 @@ COMMANDS = {"prepare": prepare, "tokenizer": train_tokenizer_on_documents, "toke
             "stats": show_stats}
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     # Settings may come after options (prepare x --output y key=v): argparse leaves them over.

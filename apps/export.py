@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hslm.apps.common import UsageError, fail, load_model_folder
+from hslm.apps.common import UsageError, command, fail, load_model_folder
 
 GGUF_CHOICES = ("f32", "f16", "bf16", "q8_0", "q4", "q4_0", "iq4_nl", "q4_k_m")
 ONNX_CHOICES = ("fp32", "int8", "int4")
@@ -107,6 +107,7 @@ def export_onnx_folder(args) -> None:
     print(f"wrote {output} ({args.onnx}, {path.stat().st_size / 1e6:.1f} MB)")
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hslm.apps.common import DTYPES, UsageError, fail
+from hslm.apps.common import DTYPES, UsageError, command, fail
 from hslm.generate import Generation, SamplingParams
 
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     from hslm.runtime import load
     from hslm.runtime.engine import is_onnx_path

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from hslm.apps.common import UsageError, fail, load_model_folder
+from hslm.apps.common import UsageError, command, fail, load_model_folder
 from hslm.config import ConfigError, ModelConfig, PRESETS
 
 
@@ -80,6 +80,7 @@ def describe_model(args) -> None:
           f"{counts['non_embedding']:,} non-embedding")
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hslm.apps.common import fail
+from hslm.apps.common import command, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from hslm.native import NativeBuildError, build

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hslm.apps.common import UsageError, fail, load_model_folder
+from hslm.apps.common import UsageError, command, fail, load_model_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +84,7 @@ def run(args) -> bool:
     return report["passed"]
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:

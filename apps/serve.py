@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hslm.apps.common import DTYPES, UsageError, fail
+from hslm.apps.common import DTYPES, UsageError, command, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from hslm.runtime import RuntimeLoadError, load

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hslm.apps.common import UsageError, fail
+from hslm.apps.common import UsageError, command, fail
 from hslm.tokenizer import (HF_CONFIG_FILE, HF_TOKENIZER_FILE, MODEL_FILE, Tokenizer,
                             TokenizerError, fertility, merge_fertility, read_lines,
                             train_tokenizer)
@@ -119,6 +119,7 @@ def print_table(rows: dict[str, dict]) -> None:
               f"{row['bytes_per_token']:>9.2f}")
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     command = {"train": train, "fertility": measure_fertility}[args.command]

@@ -7,7 +7,7 @@ import json
 
 from tqdm import tqdm
 
-from hslm.apps.common import UsageError, fail
+from hslm.apps.common import UsageError, command, fail
 
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: run the same command to resume
 
@@ -112,6 +112,7 @@ def run(args) -> int:
     return 0
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:

@@ -25,7 +25,10 @@ class GuideError(ValueError):
 def grammar_for(json_schema: dict | str | None = None, regex: str | None = None,
                 grammar: str | None = None) -> str:
     """The llguidance grammar for exactly one of the three constraint kinds."""
-    import llguidance
+    try:
+        import llguidance
+    except ModuleNotFoundError:  # an optional package: a user mistake, not a crash
+        raise GuideError("guided decoding needs llguidance: pip install 'hslm[guided]'") from None
 
     given = [kind for kind, value in (("json_schema", json_schema), ("regex", regex),
                                       ("grammar", grammar)) if value is not None]
