@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -113,7 +114,9 @@ def is_valid(path: Path) -> bool:
 
 def _load(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a file that is refused anyway gets one line, not two
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # PyTorch's message advises weights_only=False; keep only the line naming the object.
         found = [line.strip() for line in str(err).splitlines()
