@@ -303,6 +303,8 @@ def test_onnx_folder_is_checked_before_onnx_runtime_reads_it(trained_tokenizer, 
     monkeypatch.setattr(onnxruntime, "InferenceSession", recorded_session)
     load_onnx(folder, threads=1)
     assert len(sessions) == 1  # the folder as exported loads
+    other_folder = tmp_path / "other"
+    shutil.copytree(folder, other_folder)
 
     graph = onnx.load(str(folder / MODEL_FILE))  # as if exported with another tokenizer
     for prop in graph.metadata_props:
@@ -320,8 +322,6 @@ def test_onnx_folder_is_checked_before_onnx_runtime_reads_it(trained_tokenizer, 
     assert len(sessions) == 1  # neither reached ONNX Runtime
 
     # A graph whose weights live outside its folder is refused too.
-    other_folder = tmp_path / "other"
-    export_onnx(model, trained_tokenizer, other_folder)
     proto = onnx.load(str(other_folder / MODEL_FILE))
     onnx.save_model(proto, str(other_folder / MODEL_FILE), save_as_external_data=True,
                     location="weights.bin", size_threshold=0)
