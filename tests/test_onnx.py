@@ -21,7 +21,7 @@ from hslm.parity import kl_divergence, validation_windows
 from hslm.quant.onnx import OnnxQuantizeError, quantize_onnx_folder
 from hslm.runtime import Runtime, RuntimeLoadError, load
 from hslm.runtime.onnx import OnnxLoadError, load_onnx
-from hslm.tokenizer import CHAT_TEMPLATE, HF_CONFIG_FILE, HF_TOKENIZER_FILE
+from hslm.tokenizer import CHAT_TEMPLATE, HF_CONFIG_FILE, HF_TOKENIZER_FILE, render_chat
 from hslm.tokenizer import MODEL_FILE as TOKENIZER_MODEL_FILE
 from model_factory import (WINDOW, briefly_trained_model, left_padded_batch, make_config,
                            make_model)
@@ -371,6 +371,116 @@ def test_onnxruntime_genai_runs_the_int4_folder_like_our_loop(int4_folder, train
                              SamplingParams(max_new_tokens=new_tokens, temperature=0), stops))
     assert len(ours) > 2 * WINDOW
     assert theirs == ours
+
+
+# ------------------------------------------- onnxruntime-genai on its own: tokenizer, template
+CHATS = [
+    [{"role": "user", "content": "भारत की राजधानी क्या है?"}],
+    [{"role": "system", "content": "तुम एक मददगार सहायक हो।"},
+     {"role": "user", "content": "एक दिन राजा ने अपने मंत्री से कहा कि"}],
+]
+
+
+@pytest.fixture(scope="module")
+def genai(int4_folder):
+    """(onnxruntime_genai, its model of the int4 folder, its own tokenizer of that model)."""
+    og = pytest.importorskip("onnxruntime_genai",
+                             reason="onnxruntime-genai is not installed (pip install hslm[onnx])")
+    model = og.Model(str(int4_folder))
+    return og, model, og.Tokenizer(model)
+
+
+def genai_greedy(og, model, prompt_ids, new_tokens, guidance=None) -> list[int]:
+    """onnxruntime-genai's own generator, greedy, after `prompt_ids`."""
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt_ids) + new_tokens, do_sample=False)
+    if guidance:
+        params.set_guidance(*guidance)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt_ids)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    return tokens
+
+
+@pytest.mark.parametrize("messages", CHATS)
+def test_onnxruntime_genai_chats_on_its_own_like_our_loop(genai, int4_folder, messages):
+    """Its chat template (tokenizer_config.json's, through its own Jinja engine), its
+    tokenizer and its generator: the same greedy text as hslm's ONNX Runtime loop."""
+    og, model, tokenizer = genai
+    runtime = load(int4_folder, threads=1)
+    prompt = tokenizer.apply_chat_template(json.dumps(messages, ensure_ascii=False),
+                                           add_generation_prompt=True)
+    assert prompt == render_chat(messages)
+    prompt_ids = tokenizer.encode(prompt).tolist()
+    assert prompt_ids == runtime.encode_chat(messages)
+    theirs = genai_greedy(og, model, prompt_ids, 40)
+    ours = runtime.chat(messages, SamplingParams(max_new_tokens=40, temperature=0))
+    if theirs and theirs[-1] in (runtime.tokenizer.eos_id, runtime.tokenizer.end_of_turn_id):
+        theirs.pop()
+    assert len(ours.token_ids) > 10
+    assert theirs == ours.token_ids
+    if "\ufffd" not in ours.text:  # its decode cuts text at invalid UTF-8 (test_hf_tokenizer)
+        assert tokenizer.decode(theirs) == ours.text
+
+
+# ---------------------------------------------------------------- onnxruntime-genai's guidance
+ANSWERS = ["हाँ", "नहीं", "हाथी"]  # every two Devanagari words share their first UTF-8 bytes
+HINDI_ALTERNATIVES = {
+    "json_schema": json.dumps({"type": "object", "additionalProperties": False,
+                               "required": ["उत्तर"], "properties": {"उत्तर": {"enum": ANSWERS}},
+                               "x-guidance": {"whitespace_flexible": False}},
+                              ensure_ascii=False),
+    "regex": "(" + "|".join(ANSWERS) + ")",
+    "lark_grammar": "start: " + " | ".join(f'"{answer}"' for answer in ANSWERS),
+}
+GENAI_GUIDANCE_BUG = (
+    "onnxruntime-genai 0.18 hands llguidance's forced bytes, which end inside a Devanagari "
+    "letter (the bytes the alternatives share), to its string tokenizer; it turns them into "
+    "U+FFFD and llguidance refuses that token: RuntimeError 'Error committing tokens: Parser "
+    "Error: token \"\ufffd\" doesn't satisfy the grammar; forced bytes: got \"\u00e0\"'")
+
+
+def genai_guided(genai, int4_folder, guidance) -> str:
+    og, model, tokenizer = genai
+    prompt_ids = load(int4_folder, threads=1).encode_chat(
+        [{"role": "user", "content": "क्या हाथी बड़ा होता है? हाँ या नहीं?"}])
+    return tokenizer.decode(genai_greedy(og, model, prompt_ids, 24, guidance))
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=GENAI_GUIDANCE_BUG)
+@pytest.mark.parametrize("kind", list(HINDI_ALTERNATIVES))
+def test_onnxruntime_genai_guidance_with_hindi_alternatives(genai, int4_folder, kind):
+    text = genai_guided(genai, int4_folder, (kind, HINDI_ALTERNATIVES[kind]))
+    assert (json.loads(text)["उत्तर"] if kind == "json_schema" else text) in ANSWERS
+
+
+ROMANISED = {"haan": "हाँ", "nahin": "नहीं", "haathi": "हाथी"}
+
+
+@pytest.mark.parametrize("kind, constraint, valid", [
+    # The workaround for alternatives: ASCII names that the app maps to the Hindi words.
+    ("json_schema", json.dumps({"type": "object", "additionalProperties": False,
+                                "required": ["answer"],
+                                "properties": {"answer": {"enum": list(ROMANISED)}},
+                                "x-guidance": {"whitespace_flexible": False}}),
+     lambda text: ROMANISED[json.loads(text)["answer"]] in ANSWERS),
+    ("lark_grammar", "start: " + " | ".join(f'"{name}"' for name in ROMANISED),
+     lambda text: ROMANISED[text] in ANSWERS),
+    # One Hindi value, and free Hindi text, are fine.
+    ("regex", ANSWERS[0], lambda text: text == ANSWERS[0]),
+    ("json_schema", json.dumps({"type": "object", "additionalProperties": False,
+                                "required": ["उत्तर"],
+                                "properties": {"उत्तर": {"type": "string", "maxLength": 8}},
+                                "x-guidance": {"whitespace_flexible": False}},
+                               ensure_ascii=False),
+     lambda text: len(json.loads(text)["उत्तर"]) <= 8),
+])
+def test_onnxruntime_genai_guidance_without_shared_partial_letters(genai, int4_folder, kind,
+                                                                   constraint, valid):
+    assert valid(genai_guided(genai, int4_folder, (kind, constraint)))
 
 
 # ---------------------------------------------------------------- onnxruntime-web
