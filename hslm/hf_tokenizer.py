@@ -42,8 +42,6 @@ _NORMAL, _UNKNOWN, _CONTROL = 1, 2, 3
 # Dropping a joiner and composing again can give another joiner new neighbours (only with
 # combining marks from other scripts; normalize.py repeats until stable): rounds written out.
 JOINER_ROUNDS = 3
-# A chain of pipes after Devanagari text becomes dandas one pipe per round ("क||" needs two).
-PIPE_ROUNDS = 4
 # The no-op pre-tokenizer's split: a character the normaliser removes.
 _NO_SPLIT = "\ufeff"
 
@@ -70,14 +68,14 @@ def normalizer() -> normalizers.Normalizer:
     for _ in range(JOINER_ROUNDS):  # a joiner not between two Devanagari letters or signs
         steps += [normalizers.Replace(Regex(f"(?<!{letter}){joiner}|{joiner}(?!{letter})"), ""),
                   normalizers.NFC()]
-    # Whitespace runs before dandas (normalize does the reverse; the two steps commute), so
-    # that at most one space or tab separates a pipe from what it follows.
+    # A pipe after Devanagari text, spaces, tabs and pipes between (Oniguruma and JavaScript
+    # both take a variable-length lookbehind), then double dandas.
+    steps += [normalizers.Replace(Regex(f"(?<=[{DEVANAGARI}][ \\t|]*)\\|"), "।"),
+              normalizers.Replace("।।", "॥")]
+    # A run of spaces and tabs: a tab if it has one, else a space; none at the end of a line
+    # or of the text.
     steps += [normalizers.Replace(Regex("[ \\t]*\\t[ \\t]*"), "\t"),
-              normalizers.Replace(Regex(" {2,}"), " ")]
-    steps += [normalizers.Replace(Regex(f"(?<=[{DEVANAGARI}])\\|"), "।"),
-              normalizers.Replace(Regex(f"(?<=[{DEVANAGARI}][ \\t])\\|"), "।")] * PIPE_ROUNDS
-    steps += [normalizers.Replace("।।", "॥"),
-              # Spaces and tabs at the end of every line and of the text.
+              normalizers.Replace(Regex(" {2,}"), " "),
               normalizers.Replace(Regex("[ \\t]+(?=\\n|$)"), ""),
               normalizers.Replace(" ", "▁")]
     return normalizers.Sequence(steps)
