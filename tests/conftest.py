@@ -58,3 +58,28 @@ def shard_dir(trained_tokenizer, hindi_data_dir, tmp_path_factory) -> Path:
     write_shards_from_texts(lines, trained_tokenizer, folder, val_fraction=0.1)
     return folder
 
+
+
+def _built_programs(arch: str | None, programs: tuple[str, ...] | None = None) -> Path:
+    from hslm import native
+
+    try:
+        native.runner(arch or native.host_arch())
+        return native.build(arch, targets=programs or native.PROGRAMS, say=lambda line: None)
+    except native.ToolMissing as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def native_programs() -> Path:
+    """llama.cpp's own programs for this machine (hslm-native build, once per run; a finished
+    build under $HSLM_LLAMA_CPP_DIR is reused). Skipped only without a compiler or cmake."""
+    return _built_programs(None)
+
+
+@pytest.fixture(scope="session")
+def arm_programs() -> Path:
+    """llama-server and llama-perplexity cross-compiled for aarch64 (the ones the ARM tests
+    run: CI's time), run under qemu. Skipped only without the cross toolchain, cmake or
+    qemu-user."""
+    return _built_programs("aarch64", ("llama-server", "llama-perplexity"))
