@@ -140,6 +140,9 @@ def prepare(args) -> None:
     except SourceError as err:
         bar.close()
         raise UsageError(f"{err} (on_error=skip would skip it)") from None
+    except ModuleNotFoundError:
+        bar.close()
+        raise  # an optional package not installed: the command names its extra
     except Exception as err:  # a failed task: datatrove re-raises it here
         bar.close()
         where = f"; see {console_log} and {at.logs}/*/logs" if console_log else ""
