@@ -11,7 +11,8 @@ if ! command -v hslm-data >/dev/null; then
   echo "error: hslm is not installed: CMAKE_ARGS=\"-DLLAVA_BUILD=OFF\" pip install '.[all]'" >&2
   exit 2
 fi
-python3 - <<'PY' || exit 2
+# From a neutral folder: this checkout's hslm/ (without apps/) would shadow the installed package.
+(cd / && python3 - <<'PY') || exit 2
 import importlib.util, sys
 from hslm.apps.common import EXTRA_OF_MODULE
 missing = sorted({extra for module, extra in EXTRA_OF_MODULE.items()
