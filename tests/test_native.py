@@ -265,7 +265,7 @@ def test_hostile_or_wrong_source_archives_are_refused(monkeypatch, tmp_path, mem
 
 # --- llama.cpp's programs on x86-64 ------------------------------------------------------------
 @NOT_YET_VERIFIED
-def test_server_chat_is_hslm_chat(native_programs, gguf_files):
+def test_server_chat_is_hslm_chat(native_programs, gguf_files, trained_tokenizer):
     """llama.cpp's own template engine (--jinja, the template inside the GGUF) renders the ids
     hslm renders, its greedy answer has hslm's tokens, and it stops at <end_of_turn>."""
     messages = [{"role": "user", "content": QUESTION}]
@@ -284,8 +284,9 @@ def test_server_chat_is_hslm_chat(native_programs, gguf_files):
     choice = reply.choices[0]
     assert choice.finish_reason == "stop"
     assert choice.message.content and "<end_of_turn>" not in choice.message.content
-    tokens = [entry.id for entry in choice.logprobs.content]  # llama-server adds each token's id
-    assert tokens == ours.token_ids
+    # llama-server adds each token's id, and lists the <end_of_turn> it stopped at
+    tokens = [entry.id for entry in choice.logprobs.content]
+    assert tokens == ours.token_ids + [trained_tokenizer.end_of_turn_id]
     assert choice.message.content == ours.text.strip()
 
 
@@ -297,9 +298,12 @@ def test_server_guided_json_with_hindi_enum(request, gguf_files, arch):
     with llama_server(gguf_files["q4"], arch=arch) as url:
         reply = client_for(url).chat.completions.create(
             model="hslm", messages=[{"role": "user", "content": "क्या हाथी बड़ा होता है?"}],
-            max_tokens=32, temperature=0,
+            # llama.cpp's JSON grammar allows runs of whitespace before and inside the object,
+            # and the tiny model spends 26 tokens on it before "{" (measured): room for that
+            max_tokens=128, temperature=0,
             response_format={"type": "json_schema",
                              "json_schema": {"name": "answer", "schema": ENUM_SCHEMA}})
+    assert reply.choices[0].finish_reason == "stop"
     answer = json.loads(reply.choices[0].message.content)
     jsonschema.validate(answer, ENUM_SCHEMA)
 
