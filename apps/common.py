@@ -50,7 +50,7 @@ def load_model_folder(path: str | Path, dtype: str = "float32"):
     """(model, tokenizer) from a model folder, a training checkpoint or a training run."""
     import torch
 
-    from hslm.runtime.torch import ModelLoadError, load_torch_model
+    from hslm.loader import ModelLoadError, load_torch_model
 
     try:
         return load_torch_model(path, getattr(torch, dtype))

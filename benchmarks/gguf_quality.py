@@ -24,7 +24,7 @@ from hslm.export.gguf import write_gguf
 from hslm.parity import compare_logits
 from hslm.quant.llama_cpp import quantize_gguf
 from hslm.runtime.llama_cpp import load_gguf
-from hslm.runtime.torch import load_torch_model
+from hslm.loader import load_torch_model
 from hslm.tokenizer import read_lines
 
 RESULTS = Path(__file__).parent / "results"

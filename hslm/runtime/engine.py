@@ -125,7 +125,7 @@ def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32"
             raise RuntimeLoadError(str(err)) from None
         folder = path if path.is_dir() else path.parent
         return Runtime("onnx", source, tokenizer, folder.name)
-    from hslm.runtime.torch import ModelLoadError, load_torch_model
+    from hslm.loader import ModelLoadError, load_torch_model
 
     if threads:
         torch.set_num_threads(threads)

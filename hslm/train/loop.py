@@ -88,7 +88,7 @@ def initial_model(config: TrainConfig, tokenizer: Tokenizer, resumed: dict | Non
     if resumed is not None:
         return model_from_state(resumed)
     if config.init_from:
-        from hslm.runtime.torch import ModelLoadError, load_torch_model
+        from hslm.loader import ModelLoadError, load_torch_model
         try:
             model, init_tokenizer = load_torch_model(config.init_from)
         except ModelLoadError as err:

@@ -1,4 +1,5 @@
-"""The PyTorch backend's loader: a model and its tokenizer from whatever hslm wrote.
+"""A PyTorch model and its tokenizer from whatever hslm wrote (used by training's init_from,
+the PyTorch runtime and the commands, so it sits below all of them).
 
 Accepted: a model folder (Hugging Face layout with tokenizer files, as hslm-train and
 hslm-export write), a training checkpoint (`step_*.pt`), or a training run / checkpoints
