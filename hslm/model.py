@@ -10,6 +10,12 @@ either *sliding* (a token sees itself and the `sliding_window - 1` tokens before
 10k) or *global* (the whole causal context, RoPE base 1M). Numerics follow Hugging Face's
 `Gemma3ForCausalLM`: norms and the embedding scale are computed in fp32.
 
+Attention by case, all inside `Attention`: training and prefill without padding or cache build no
+[T x T] mask — global layers call SDPA with `is_causal=True` (flash kernels on GPUs) and sliding
+layers FlexAttention with a sliding-window `BlockMask` (GPUs; it has no CPU backward) or, on
+CPUs, SDPA over blocks of queries, each with only the keys of its window. Padded batches and
+cached decoding use boolean masks (`attention_masks`); `use_attention("sdpa-mask")` forces them.
+
 Positions: a batch may be left-padded. `attention_mask` (1 = token, 0 = padding) is over every
 column seen so far, and `position_ids` default to the count of real tokens before each one.
 Window distances are measured in columns, which equals positions for left padding.
@@ -22,8 +28,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from hslm.config import ModelConfig
+from hslm.config import ConfigError, ModelConfig
+
+# How unpadded, uncached sequences are attended (see `Attention`): auto = flex on CUDA,
+# sdpa-blocks elsewhere; sdpa-mask = the boolean masks of padded batches, the reference.
+ATTENTION_KERNELS = ("auto", "flex", "sdpa-blocks", "sdpa-mask")
+QUERY_BLOCK = 256  # queries per SDPA call in sdpa-blocks (128-512 measured alike on CPU)
 
 
 class RMSNorm(nn.Module):
@@ -167,6 +179,40 @@ def single_query_attention(q, k, v, mask, scale):
     return out.reshape(B, n_heads, 1, head_dim).to(q.dtype)
 
 
+_SLIDING_BLOCK_MASKS: dict[tuple[int, int, str], BlockMask] = {}
+
+
+def sliding_block_mask(length: int, window: int, device) -> BlockMask:
+    """FlexAttention's block-sparse sliding-window causal mask for `length` queries and keys,
+    built once per (length, window, device): blocks entirely outside the window are skipped."""
+    key = (length, window, str(device))
+    if key not in _SLIDING_BLOCK_MASKS:
+        def in_window(batch, head, query, key_column):
+            return (query >= key_column) & (query - key_column < window)
+        _SLIDING_BLOCK_MASKS[key] = create_block_mask(in_window, None, None, length, length,
+                                                      device=device)
+    return _SLIDING_BLOCK_MASKS[key]
+
+
+def window_blocked_attention(q, k, v, window: int, scale: float) -> torch.Tensor:
+    """Sliding-window causal attention as SDPA over blocks of QUERY_BLOCK queries, each seeing
+    only the keys its window reaches, with a [block x keys] mask: exact, and without the
+    [T x T] scores a full mask costs (on CPUs, where FlexAttention has no backward).
+    q: [B, heads, T, D]; k, v: [B, kv_heads, T, D]."""
+    T = q.shape[2]
+    outputs = []
+    for start in range(0, T, QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, T)
+        first_key = max(0, start - window + 1)
+        distance = (torch.arange(start, stop, device=q.device)[:, None]
+                    - torch.arange(first_key, stop, device=q.device)[None, :])
+        outputs.append(F.scaled_dot_product_attention(
+            q[:, :, start:stop], k[:, :, first_key:stop], v[:, :, first_key:stop],
+            attn_mask=(distance >= 0) & (distance < window), scale=scale,
+            enable_gqa=q.shape[1] != k.shape[1]))
+    return torch.cat(outputs, dim=2)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
@@ -179,8 +225,11 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+        self.kernel = "auto"  # for unmasked calls; set by Gemma3.use_attention
 
     def forward(self, x, rope, mask, cache: KVCache | PastKV | None):
+        """mask: boolean [B, 1, T, keys] (True = attend), or None for causal attention over
+        exactly these T columns (no padding, no cache)."""
         cfg = self.config
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2))
@@ -193,6 +242,9 @@ class Attention(nn.Module):
         if isinstance(cache, PastKV):
             window = cfg.sliding_window if self.sliding else None
             return self.o_proj(cache.attend(self.layer, q, k, v, mask, scale, window))
+        if mask is None:
+            out = self._unmasked(q, k, v, scale)
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.q_size))
         if cache is not None:
             k, v = self._update_cache(cache, k, v)
         if T == 1:
@@ -201,6 +253,21 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                                  enable_gqa=cfg.n_heads != cfg.n_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.q_size))
+
+    def _unmasked(self, q, k, v, scale: float) -> torch.Tensor:
+        """Causal attention over these columns alone, by the kernel fitting the layer and device."""
+        window, T = self.config.sliding_window, q.shape[2]
+        gqa = q.shape[1] != k.shape[1]
+        if not self.sliding or T <= window:  # the window cuts nothing: plain causal
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                  enable_gqa=gqa)
+        kernel = self.kernel
+        if kernel == "auto":
+            kernel = "flex" if q.device.type == "cuda" else "sdpa-blocks"
+        if kernel == "flex":
+            return flex_attention(q, k, v, block_mask=sliding_block_mask(T, window, q.device),
+                                  scale=scale, enable_gqa=gqa)
+        return window_blocked_attention(q, k, v, window, scale)
 
     def _update_cache(self, cache: KVCache, k, v):
         """Store the new keys/values; return the keys/values this layer attends over."""
@@ -270,6 +337,7 @@ class Gemma3(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attention = "auto"  # see use_attention
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.reset_parameters()
@@ -297,6 +365,15 @@ class Gemma3(nn.Module):
     @property
     def output_weight(self) -> torch.Tensor:
         return self.embed.weight if self.config.tie_embeddings else self.lm_head.weight
+
+    def use_attention(self, kernel: str) -> None:
+        """How unpadded, uncached sequences are attended: one of ATTENTION_KERNELS (same
+        numerics; flex needs a GPU for gradients and torch.compile for speed)."""
+        if kernel not in ATTENTION_KERNELS:
+            raise ConfigError(f"unknown attention {kernel!r}; choose one of {ATTENTION_KERNELS}")
+        self.attention = kernel
+        for block in self.layers:
+            block.attn.kernel = kernel
 
     def new_cache(self, batch_size: int) -> KVCache:
         weight = self.embed.weight
@@ -338,8 +415,11 @@ class Gemma3(nn.Module):
         x = (x.float() * math.sqrt(cfg.hidden_size)).to(x.dtype)
         rope_local = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_base_local, x.dtype)
         rope_global = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_base_global, x.dtype)
-        ring = cache.ring_columns if isinstance(cache, KVCache) else None
-        global_mask, sliding_mask = attention_masks(cfg, key_valid, first, T, ring)
+        if cache is None and attention_mask is None and self.attention != "sdpa-mask":
+            global_mask = sliding_mask = None  # causal over these columns: no mask to build
+        else:
+            ring = cache.ring_columns if isinstance(cache, KVCache) else None
+            global_mask, sliding_mask = attention_masks(cfg, key_valid, first, T, ring)
 
         for block in self.layers:
             sliding = block.attn.sliding
