@@ -113,6 +113,14 @@ class TorchLogits:
         step_input = torch.tensor([list(ids)], dtype=torch.long, device=device)
         return self.model(step_input, cache=self.cache, last_only=True)[0, -1]
 
+    @torch.inference_mode()
+    def all_logits(self, ids: Sequence[int]):
+        """Logits [len(ids), vocab] (numpy, fp32) of every position of `ids` alone, as the
+        llama.cpp and ONNX sources give them (scoring); the KV cache is not used."""
+        device = self.model.embed.weight.device
+        step_input = torch.tensor([list(ids)], dtype=torch.long, device=device)
+        return self.model(step_input)[0].float().cpu().numpy()
+
 
 def generate_ids(model, prompt_ids: Sequence[int], params: SamplingParams,
                  stop_token_ids: Sequence[int] = (), guide=None) -> Iterator[int]:

@@ -94,10 +94,13 @@ class Runtime:
 
 
 def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32",
-         device: str = "cpu", context_length: int | None = None) -> Runtime:
+         device: str = "cpu", context_length: int | None = None,
+         all_logits: bool = False) -> Runtime:
     """A runtime for a model folder / checkpoint / training run (PyTorch), a `.gguf` file
     (llama.cpp) or an ONNX folder (ONNX Runtime). `context_length` sizes the KV cache of
-    llama.cpp and ONNX Runtime (default: the model's; for GGUF at most 4,096)."""
+    llama.cpp and ONNX Runtime (default: the model's; for GGUF at most 4,096). `all_logits`
+    makes llama.cpp keep every position's logits, which `source.all_logits(ids)` (scoring)
+    needs there; the other backends always can."""
     import torch
 
     path = Path(path)
@@ -112,7 +115,8 @@ def load(path: str | Path, *, threads: int | None = None, dtype: str = "float32"
         from hslm.runtime.llama_cpp import GGUFLoadError, load_gguf
 
         try:
-            source, tokenizer = load_gguf(path, threads=threads, context_length=context_length)
+            source, tokenizer = load_gguf(path, threads=threads, context_length=context_length,
+                                          all_logits=all_logits)
         except GGUFLoadError as err:
             raise RuntimeLoadError(str(err)) from None
         return Runtime("llama.cpp", source, tokenizer, path.stem)
