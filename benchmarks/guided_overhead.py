@@ -42,6 +42,12 @@ class TimedGuide:
         self.seconds += time.perf_counter() - start
         return masked
 
+    def fit(self, token_id: int, remaining: int) -> int:
+        start = time.perf_counter()
+        token_id = self.guide.fit(token_id, remaining)
+        self.seconds += time.perf_counter() - start
+        return token_id
+
     def advance(self, token_id: int) -> None:
         start = time.perf_counter()
         self.guide.advance(token_id)

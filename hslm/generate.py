@@ -1,7 +1,10 @@
 """Text generation with the PyTorch model: greedy and sampling, stop tokens/strings, streaming.
 
 Sampling follows transformers' semantics and order: repetition penalty, temperature, top-k,
-top-p, min-p. `temperature=0` means greedy. A seed gives the same text every time.
+top-p, min-p; OpenAI's frequency and presence penalties apply with the repetition penalty, over
+the generated tokens. `temperature=0` means greedy. A seed gives the same text every time.
+Log-probabilities, when asked for, are the model's own (log-softmax of its logits, before
+penalties, filters and guided masks), as OpenAI and vLLM report them.
 
 Streaming works on the UTF-8 bytes each token contributes (byte-fallback tokens carry single
 bytes), decoded incrementally, so a Devanagari character is never split across two pieces.
@@ -26,9 +29,12 @@ class SamplingParams:
     top_p: float = 1.0  # 1 = off
     min_p: float = 0.0  # 0 = off
     repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the sequence
+    frequency_penalty: float = 0.0  # logit -= frequency_penalty * (times generated so far)
+    presence_penalty: float = 0.0  # logit -= presence_penalty * (generated at least once)
     stop_token_ids: Sequence[int] = ()  # added to the tokenizer's eos / end_of_turn
     stop_strings: Sequence[str] = ()
     seed: int | None = None
+    logprobs: int | None = None  # None = off; k = each token's log-probability and the k likeliest
 
     def __post_init__(self) -> None:
         checks = [
@@ -38,6 +44,9 @@ class SamplingParams:
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
+            (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -49,23 +58,62 @@ class SamplingParams:
 
 
 @dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float | None  # None for a prompt's first token (nothing before it)
+    top: list[tuple[int, float]] = field(default_factory=list)  # the likeliest, best first
+
+
+@dataclass
 class Generation:
     text: str
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = "length"  # "stop" (stop token or string) or "length"
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with SamplingParams.logprobs
+
+
+def token_logprob(logits: torch.Tensor, token_id: int, top: int) -> TokenLogprob:
+    """`token_id`'s log-probability under `logits` [vocab] and the `top` likeliest tokens."""
+    logprobs = logits.float().log_softmax(-1)
+    best = torch.topk(logprobs, top) if top else None
+    return TokenLogprob(token_id, float(logprobs[token_id]),
+                        [] if best is None else list(zip(best.indices.tolist(),
+                                                         best.values.tolist())))
+
+
+def prompt_logprobs(model, prompt_ids: Sequence[int], top: int = 0) -> list[TokenLogprob]:
+    """Each prompt token's log-probability given the tokens before it (None for the first), as
+    OpenAI's completions with `echo` report them. Fed token by token: every logits source
+    gives the last position's logits."""
+    source = TorchLogits(model) if isinstance(model, Gemma3) else model
+    source.reset()
+    if len(prompt_ids) > source.context_length:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is "
+                         f"{source.context_length}")
+    result = [TokenLogprob(prompt_ids[0], None)] if prompt_ids else []
+    for previous, token in zip(prompt_ids, prompt_ids[1:]):
+        result.append(token_logprob(source.feed([previous]).float().cpu(), token, top))
+    return result
 
 
 def process_logits(logits: torch.Tensor, params: SamplingParams,
-                   seen_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply repetition penalty and the sampling filters to logits [vocab] (fp32).
+                   seen_ids: torch.Tensor | None = None,
+                   generated_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply the penalties and the sampling filters to logits [vocab] (fp32).
 
-    Filtered-out tokens get -inf. Greedy decoding only applies the repetition penalty.
+    `seen_ids` (prompt and generated) get the repetition penalty, `generated_ids` the frequency
+    and presence penalties. Filtered-out tokens get -inf. Greedy decoding only applies the
+    penalties.
     """
     logits = logits.float().clone()
     if params.repetition_penalty != 1.0 and seen_ids is not None and seen_ids.numel():
         seen = logits[seen_ids]
         logits[seen_ids] = torch.where(seen < 0, seen * params.repetition_penalty,
                                        seen / params.repetition_penalty)
+    if (params.frequency_penalty or params.presence_penalty) and generated_ids is not None \
+            and generated_ids.numel():
+        counts = torch.bincount(generated_ids, minlength=logits.numel())[:logits.numel()].float()
+        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
     if params.greedy:
         return logits
     logits = logits / params.temperature
@@ -123,12 +171,15 @@ class TorchLogits:
 
 
 def generate_ids(model, prompt_ids: Sequence[int], params: SamplingParams,
-                 stop_token_ids: Sequence[int] = (), guide=None) -> Iterator[int]:
+                 stop_token_ids: Sequence[int] = (), guide=None,
+                 logprobs: list[TokenLogprob] | None = None) -> Iterator[int]:
     """Yield new token ids one at a time; a stop token ends the stream and is not yielded.
 
     `model` is a `Gemma3` or any logits source (see `TorchLogits`). A `guide`
     (`hslm.runtime.guided.Guide`) allows only tokens that keep the output in its grammar and
-    ends the stream when the output is complete.
+    ends the stream when the output is complete; its `fit` keeps the output completable within
+    the tokens left. With `params.logprobs` set, each yielded token's `TokenLogprob` is appended
+    to `logprobs`.
     """
     source = TorchLogits(model) if isinstance(model, Gemma3) else model
     source.reset()
@@ -143,13 +194,19 @@ def generate_ids(model, prompt_ids: Sequence[int], params: SamplingParams,
     stops = set(stop_token_ids) | set(params.stop_token_ids)
     seen = list(prompt_ids)  # for the repetition penalty
     new_ids = list(prompt_ids)
-    for _ in range(min(params.max_new_tokens, limit - len(prompt_ids))):
-        logits = source.feed(new_ids).float().cpu()
+    budget = min(params.max_new_tokens, limit - len(prompt_ids))
+    for step in range(budget):
+        raw = source.feed(new_ids).float().cpu()
+        logits = raw if guide is None else guide.mask_logits(raw)
+        token = choose_token(process_logits(logits, params, torch.tensor(seen),
+                                            torch.tensor(seen[len(prompt_ids):], dtype=torch.long)),
+                             params, rng)
         if guide is not None:
-            logits = guide.mask_logits(logits)
-        token = choose_token(process_logits(logits, params, torch.tensor(seen)), params, rng)
+            token = guide.fit(token, budget - step)
         if token in stops:
             return
+        if logprobs is not None and params.logprobs is not None:
+            logprobs.append(token_logprob(raw, token, params.logprobs))
         yield token
         if guide is not None:
             guide.advance(token)
@@ -213,7 +270,7 @@ def stream(model: Gemma3, tokenizer, prompt: str | Sequence[int],
     stops = (tokenizer.eos_id, tokenizer.end_of_turn_id)
     result.finish_reason = "stop"
     produced = 0
-    for token in generate_ids(model, prompt_ids, params, stops, guide):
+    for token in generate_ids(model, prompt_ids, params, stops, guide, result.logprobs):
         produced += 1
         result.token_ids.append(token)
         piece = text_stream.push(token)

@@ -208,3 +208,20 @@ def test_generate_cli_reports_mistakes(trained_tokenizer, tmp_path, capsys, argv
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and "Traceback" not in err
+
+
+def test_frequency_and_presence_penalties_follow_openai():
+    """logit -= frequency_penalty * count + presence_penalty * (count > 0), over the generated
+    tokens only (the prompt's repeats are the repetition penalty's business)."""
+    torch.manual_seed(2)
+    logits = torch.randn(50) * 3
+    generated = torch.tensor([4, 4, 4, 9, 17, 17])
+    params = SamplingParams(temperature=0, frequency_penalty=0.5, presence_penalty=-1.25)
+    expected = logits.clone()
+    for token, count in ((4, 3), (9, 1), (17, 2)):
+        expected[token] -= 0.5 * count - 1.25
+    assert torch.allclose(process_logits(logits, params, torch.tensor([1, 2]), generated),
+                          expected)
+    assert torch.equal(process_logits(logits, params, torch.tensor([4, 9])), logits)
+    with pytest.raises(ValueError):
+        SamplingParams(frequency_penalty=2.5)
