@@ -30,6 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--min-p", type=float, default=0.0, help="0 = off")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="> 1 discourages tokens already in the conversation (1 = off)")
+    parser.add_argument("--frequency-penalty", type=float, default=0.0,
+                        help="OpenAI's: logit -= F x times the token was generated (-2 to 2)")
+    parser.add_argument("--presence-penalty", type=float, default=0.0,
+                        help="OpenAI's: logit -= P if the token was generated (-2 to 2)")
     parser.add_argument("--seed", type=int, help="same seed, same answers")
     parser.add_argument("--threads", type=int, help="CPU threads")
     parser.add_argument("--ctx", type=int, metavar="TOKENS",
@@ -56,9 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     from hslm.runtime.guided import GuideError
 
     try:
-        runtime = load(args.model, threads=args.threads, dtype=args.dtype, context_length=args.ctx)
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=args.top_p, seed=args.seed)
+                                top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                                repetition_penalty=args.repetition_penalty,
+                                frequency_penalty=args.frequency_penalty,
+                                presence_penalty=args.presence_penalty, seed=args.seed)
+        runtime = load(args.model, threads=args.threads, dtype=args.dtype, context_length=args.ctx)
     except (RuntimeLoadError, ValueError) as err:
         fail(str(err))
     interactive = sys.stdin.isatty()

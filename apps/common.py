@@ -17,7 +17,8 @@ EXTRA_OF_MODULE = {
     "pyarrow": "data", "llama_cpp": "gguf", "gguf": "gguf", "onnx": "onnx",
     "onnxruntime": "onnx", "onnxscript": "onnx", "onnx_ir": "onnx", "onnxruntime_genai": "onnx",
     "transformers": "hf", "jinja2": "hf", "matplotlib": "bench", "jsonschema": "bench",
-    "llguidance": "guided", "lm_eval": "eval", "datasets": "eval",
+    "llguidance": "guided", "starlette": "serve", "uvicorn": "serve",
+    "lm_eval": "eval", "datasets": "eval",
 }
 
 
