@@ -78,9 +78,13 @@ class KVCache:
     Sliding layers keep only the last `sliding_window` columns in a ring buffer, so their memory
     is bounded whatever the length. Keys are stored after RoPE, so the order inside the ring does
     not matter: masks are built from the column index stored for each slot.
+
+    `capacity` allocates global layers' storage up front (e.g. the context length): shapes then
+    never change, so a decode step compiled with `torch.compile(dynamic=True)` is compiled once
+    (ring slots are tensors, the length a symbolic int), not once per token.
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, device, dtype):
+    def __init__(self, config: ModelConfig, batch_size: int, device, dtype, capacity: int = 0):
         self.config = config
         self.length = 0  # columns seen so far
         self.key_valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
@@ -89,7 +93,7 @@ class KVCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         for layer in range(config.n_layers):
-            slots = window if config.is_sliding(layer) else 0
+            slots = window if config.is_sliding(layer) else capacity
             shape = (batch_size, config.n_kv_heads, slots, config.head_dim)
             self.keys.append(torch.zeros(shape, device=device, dtype=dtype))
             self.values.append(torch.zeros(shape, device=device, dtype=dtype))
@@ -154,7 +158,8 @@ def attention_masks(config: ModelConfig, key_valid: torch.Tensor, first_column: 
         sliding_keys = all_cols
     elif n_new == 1:  # decoding writes the new column into the ring before attending
         sliding_keys = ring_columns.clone()
-        sliding_keys[first_column % config.sliding_window] = first_column
+        # a tensor slot: an int one would make torch.compile specialise on each ring slot
+        sliding_keys[query_cols % config.sliding_window] = query_cols
     else:
         sliding_keys = torch.cat((ring_columns, query_cols))
     sliding_mask = mask_for(sliding_keys, config.sliding_window)
@@ -276,8 +281,9 @@ class Attention(nn.Module):
         if self.sliding:
             window = self.config.sliding_window
             if T == 1:  # decoding: the new column replaces the one leaving the window
-                old_k[:, :, first % window] = k[:, :, 0]
-                old_v[:, :, first % window] = v[:, :, 0]
+                slot = torch.arange(first, first + 1, device=k.device) % window  # see attention_masks
+                old_k[:, :, slot] = k
+                old_v[:, :, slot] = v
                 return old_k, old_v
             # A chunk's early queries still need the columns its later ones would overwrite:
             # attend over ring + chunk, then keep the chunk's last `window` columns.
@@ -375,9 +381,9 @@ class Gemma3(nn.Module):
         for block in self.layers:
             block.attn.kernel = kernel
 
-    def new_cache(self, batch_size: int) -> KVCache:
+    def new_cache(self, batch_size: int, capacity: int = 0) -> KVCache:
         weight = self.embed.weight
-        return KVCache(self.config, batch_size, weight.device, weight.dtype)
+        return KVCache(self.config, batch_size, weight.device, weight.dtype, capacity)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
