@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -126,9 +127,10 @@ def main() -> None:
                       "tokens_per_s": round(t["tokens"] / t["seconds"], 1)}
                for mode, t in totals.items()}
     fit_ms = 1000 * fit_seconds / max(totals["budget"]["tokens"], 1)
-    report = {"budget_check_ms_per_token": round(fit_ms, 3), "artifact": args.artifact, "backend": runtime.backend,
-              "max_tokens": args.max_tokens, "seeds": args.seeds, "temperature": 1.0,
-              "threads": args.threads, "machine": f"{platform.machine()}, {platform.processor()}",
+    report = {"budget_check_ms_per_token": round(fit_ms, 3), "artifact": args.artifact,
+              "backend": runtime.backend, "max_tokens": args.max_tokens, "seeds": args.seeds,
+              "temperature": 1.0, "threads": args.threads,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other work",
               "summary": summary, "schemas": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "guided_budget.json").write_text(json.dumps(report, ensure_ascii=False, indent=1)

@@ -168,7 +168,8 @@ def test_models_chat_and_completions(client, server, runtime):
     reply = client.chat.completions.create(model="hindi-tiny", messages=USER, max_tokens=12,
                                            temperature=0)
     assert reply.choices[0].message.content == direct_answer(runtime, USER[0]["content"], 12)
-    assert reply.usage.completion_tokens <= 12 and reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens <= 12
+    assert reply.choices[0].finish_reason in ("stop", "length")
     parts = client.chat.completions.create(
         model="hindi-tiny", max_tokens=12, temperature=0, messages=[{"role": "user", "content": [
             {"type": "text", "text": "भारत की"}, {"type": "text", "text": "राजधानी?"}]}])
@@ -403,7 +404,8 @@ def test_bad_content_length_and_bodies_too_large_get_a_readable_4xx(server, clie
     chunked = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
                b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
     piece = b"x" * 65536
-    chunked += (f"{len(piece):x}\r\n".encode() + piece + b"\r\n") * (MAX_BODY_BYTES // len(piece) + 2)
+    chunks = MAX_BODY_BYTES // len(piece) + 2
+    chunked += (f"{len(piece):x}\r\n".encode() + piece + b"\r\n") * chunks
     assert status_and_body(exchange(port, chunked + b"0\r\n\r\n"))[0] == 413
     assert client.models.list().data[0].id == "hindi-tiny"
 
@@ -420,6 +422,21 @@ def test_no_request_smuggling_after_an_error(server):
         reply = exchange(port, first + smuggled)
         assert reply.count(b"HTTP/1.1 ") == 1 and b'"object":"list"' not in reply, reply
         assert status_and_body(reply)[0] in (400, 404, 415)
+
+
+def test_idle_and_slow_connections_are_closed(server, monkeypatch):
+    import hslm.runtime.server
+
+    monkeypatch.setattr(hslm.runtime.server, "IDLE_SECONDS", 1.0)
+    port = server.server_address[1]
+    idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+    slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+    slow.sendall(b"GET /v1/models HTTP/1.1\r\nHost: loc")  # and never the rest
+    start = time.monotonic()
+    for sock in (idle, slow):
+        assert sock.recv(100) == b""  # closed by the server
+        sock.close()
+    assert time.monotonic() - start < 5
 
 
 def test_only_json_bodies_and_only_localhost_hosts(server):
@@ -646,8 +663,8 @@ def test_chat_command_sampling_options(model_dir, runtime, monkeypatch, capsys):
     monkeypatch.setattr(hslm.runtime, "load", lambda *args, **kwargs: runtime)
     monkeypatch.setattr("sys.stdin", io.StringIO("भारत की राजधानी?\n/exit\n"))
     main([str(model_dir), "--max-new-tokens", "16", "--temperature", "0.9", "--top-p", "1",
-          "--top-k", "40", "--min-p", "0.02", "--repetition-penalty", "1.3", "--frequency-penalty", "0.7",
-          "--presence-penalty", "0.4", "--seed", "7"])
+          "--top-k", "40", "--min-p", "0.02", "--repetition-penalty", "1.3",
+          "--frequency-penalty", "0.7", "--presence-penalty", "0.4", "--seed", "7"])
     expected = direct_answer(runtime, USER[0]["content"], 16, temperature=0.9, top_k=40,
                              min_p=0.02, repetition_penalty=1.3, frequency_penalty=0.7,
                              presence_penalty=0.4, seed=7)

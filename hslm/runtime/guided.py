@@ -121,7 +121,8 @@ class _TokenBytes:
 def _token_bytes(tokenizer) -> _TokenBytes:
     pieces = [tokenizer.piece_bytes(i) for i in range(tokenizer.vocab_size)]
     closing = [i for i, piece in enumerate(pieces) if piece and set(piece) <= CLOSING_BYTES]
-    return _TokenBytes(pieces, np.array([len(p) for p in pieces]), np.array(closing, dtype=np.int64))
+    return _TokenBytes(pieces, np.array([len(p) for p in pieces]),
+                       np.array(closing, dtype=np.int64))
 
 
 class Guide:
@@ -226,7 +227,8 @@ class Guide:
         if len(candidates):
             def rank(token: int) -> tuple[int, int, int]:
                 piece = self.tokens.pieces[token]
-                kind = 0 if piece[-1:] in (b'"', b"]", b"}") else 1 if piece[-1:] in (b",", b":") else 2
+                last = piece[-1:]
+                kind = 0 if last in (b'"', b"]", b"}") else 1 if last in (b",", b":") else 2
                 return len(open_json.after(piece).stack), kind, len(piece)
             return int(min(candidates.tolist(), key=rank))
         allowed[self.eos_id] = False  # the grammar is not finished (checked before)

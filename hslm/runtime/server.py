@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -48,6 +49,7 @@ from hslm.tokenizer import TokenizerError
 MAX_BODY_BYTES = 4 << 20
 DRAIN_BYTES = 64 << 20  # a too-large body is read (and dropped) up to this, so the 413 arrives
 DRAIN_SECONDS = 10.0
+IDLE_SECONDS = 5.0  # a connection without a request in progress (idle, or sending its head)
 MAX_NESTING = 64  # brackets deep, checked before the body is parsed
 MAX_INT_DIGITS = 20
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 4, 64  # OpenAI's limits
@@ -672,9 +674,10 @@ class _EventStream:
         envelope = server._envelope(job.chat, True)
         usage = {"usage": None} if job.include_usage else {}
 
-        def chunk(choice: dict | None, **extra) -> str:
+        def chunk(choice: dict | None) -> str:
             choices = [] if choice is None else [{"index": 0, "logprobs": None, **choice}]
-            return f"data: {json.dumps({**envelope, 'choices': choices, **usage, **extra}, ensure_ascii=False)}\n\n"
+            event = {**envelope, "choices": choices, **usage}
+            return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
         def logprobs(part: list[TokenLogprob]) -> dict | None:
             if job.params.logprobs is None:
@@ -709,14 +712,37 @@ class _EventStream:
         yield "data: [DONE]\n\n"
 
 
+class _HeadTimeout(H11Protocol):
+    """uvicorn's HTTP/1.1 that also closes a connection with no request in progress for
+    IDLE_SECONDS: uvicorn's keep-alive timeout only starts after a first answer and stops at the
+    first byte, so a client that connects and sends nothing, or a request head byte by byte,
+    would hold its connection forever."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def _arm(self) -> None:
+        self.loop.call_later(IDLE_SECONDS, self._close_if_idle, self.cycle)
+
+    def _close_if_idle(self, cycle_then) -> None:
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and self.cycle is cycle_then and not self.transport.is_closing():
+            self.transport.close()
+
+
 class Server:
     """A bound server: `serve_forever()` runs uvicorn on it until `shutdown()`."""
 
     def __init__(self, app: OpenAIServer, sock: socket.socket, verbose: bool):
         self.openai, self.socket = app, sock
         self.config = uvicorn.Config(
-            app.app, http="h11", lifespan="off", log_level="info" if verbose else "warning",
-            access_log=verbose, timeout_keep_alive=5, limit_concurrency=1024,
+            app.app, http=_HeadTimeout, lifespan="off", log_level="info" if verbose else "warning",
+            access_log=verbose, timeout_keep_alive=IDLE_SECONDS, limit_concurrency=1024,
             h11_max_incomplete_event_size=64 << 10)
         self.uvicorn = uvicorn.Server(self.config)
         self.stopped = threading.Event()
