@@ -638,6 +638,21 @@ def test_serve_command(model_dir, tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--max-queue" in done.stderr
 
 
+def test_serve_command_without_its_extra_names_it(model_dir, monkeypatch, capsys):
+    from hslm.apps.serve import main
+
+    for name in list(sys.modules):
+        if name.partition(".")[0] in ("uvicorn", "starlette") or name == "hslm.runtime.server":
+            monkeypatch.delitem(sys.modules, name)
+    for module in ("uvicorn", "starlette"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(model_dir)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.count("\n") == 0
+    assert "pip install 'hslm[serve]'" in err
+
+
 def test_chat_command(model_dir, tmp_path):
     schema_file = tmp_path / "schema.json"
     schema_file.write_text(json.dumps(SCHEMA, ensure_ascii=False), encoding="utf-8")
