@@ -283,6 +283,29 @@ def test_completions_echo_scores_a_continuation_like_lm_eval(server, runtime, ma
         expected_for(runtime, tok.encode("एक दिन राजा ने कहा कि", add_bos=True)), abs=1e-4)
 
 
+def test_lm_evaluation_harness_local_completions_scores_like_the_model(server, runtime,
+                                                                     model_dir):
+    pytest.importorskip("tenacity")  # lm-eval's API models need lm-eval[api]
+    completions = pytest.importorskip("lm_eval.models.openai_completions")
+    from lm_eval.api.instance import Instance
+
+    lm = completions.LocalCompletionsAPI(
+        base_url=f"http://127.0.0.1:{server.server_address[1]}/v1/completions",
+        model="hindi-tiny", tokenizer=str(model_dir), tokenizer_backend="huggingface",
+        max_retries=1)
+    pairs = [("एक दिन राजा ने", " कहा कि"), ("भारत की राजधानी", " दिल्ली है")]
+    scores = lm.loglikelihood([Instance("loglikelihood", doc={}, arguments=pair, idx=i)
+                               for i, pair in enumerate(pairs)])
+    for (context, continuation), (logprob, greedy) in zip(pairs, scores):
+        context_ids, continuation_ids = lm.tok_encode(context), lm.tok_encode(continuation)
+        ids = context_ids + continuation_ids
+        reference = reference_logprobs(runtime, ids)
+        positions = range(len(context_ids), len(ids))
+        assert logprob == pytest.approx(sum(float(reference[i - 1, ids[i]]) for i in positions),
+                                        abs=1e-3)
+        assert greedy == all(int(reference[i - 1].argmax()) == ids[i] for i in positions)
+
+
 def expected_for(runtime, ids):
     reference = reference_logprobs(runtime, ids)
     return [float(reference[i - 1, ids[i]]) for i in range(1, len(ids))]
@@ -509,7 +532,7 @@ def test_queue_is_bounded_and_a_leaving_client_frees_its_place(runtime, monkeypa
         streaming.close()  # the streaming client leaves: the waiting one goes next, at once
         left = time.monotonic()
         assert waiting.result(timeout=30)[0] == 200
-        assert time.monotonic() - left < 2 and slow.steps < 200
+        assert time.monotonic() - left < 5 and slow.steps < 200  # not run to its end
         # a non-streaming client that leaves while generating stops its generation too
         steps = slow.steps
         _send_and_leave(port, long_answer)
