@@ -9,7 +9,8 @@ rules live here so that training recipes exclude exactly what the tasks score:
 - XQuAD-hi: an article (`title`) is a test article when the SHA-256 of its title is 0 modulo
   `XQUAD_TEST_MODULUS`; its questions are never used for SFT;
 - the agent task: Hinglish-TOP queries labelled by the keyword and pattern rules below; the
-  labelled queries among the held-out lines are the test set, the others may be trained on.
+  labelled queries among the held-out lines are the test set, the others (without repeats of
+  a test query) may be trained on.
 """
 
 from __future__ import annotations
@@ -205,10 +206,13 @@ def agent_prompt(query: str) -> str:
 
 
 def agent_items(split: str) -> list[dict]:
-    """Labelled Hinglish-TOP queries: "test" from the held-out lines, "train" from the rest."""
+    """Labelled Hinglish-TOP queries: "test" from the held-out lines, "train" from the rest
+    except repeats of a held-out query (the source repeats some; case and spacing aside)."""
     lines = read_text_lines(HINGLISH_FILE)
     start = held_out_start(len(lines))
-    chosen = lines[start:] if split == "test" else lines[:start]
+    held_out = {" ".join(query.lower().split()) for query in lines[start:]}
+    chosen = lines[start:] if split == "test" else \
+        [query for query in lines[:start] if " ".join(query.lower().split()) not in held_out]
     items = []
     for query in chosen:
         label = agent_label(query)
