@@ -248,6 +248,12 @@ def test_chat_logprobs_are_the_models(client, runtime):
         assert [t.logprob for t in entry.top_logprobs] == pytest.approx(
             expected.topk(3).values.tolist(), abs=1e-4)
         assert entry.top_logprobs[0].token == entry.token  # greedy took the likeliest
+    chunks = client.chat.completions.create(model="hindi-tiny", messages=USER, max_tokens=8,
+                                            temperature=0, logprobs=True, top_logprobs=3,
+                                            stream=True)
+    streamed = [entry for chunk in chunks if chunk.choices and chunk.choices[0].logprobs
+                for entry in chunk.choices[0].logprobs.content]
+    assert streamed == content
 
 
 @pytest.mark.parametrize("max_tokens", [0, 1])
@@ -541,6 +547,25 @@ def test_queue_is_bounded_and_a_leaving_client_frees_its_place(runtime, monkeypa
         time.sleep(0.5)
         assert slow.steps == stopped_at and stopped_at - steps < 120
         assert post_json(server, {**long_answer, "max_tokens": 2})[0] == 200
+
+
+def test_waiting_requests_are_served_in_arrival_order(runtime, monkeypatch):
+    monkeypatch.setattr(runtime, "source", SlowSource(runtime.source, delay=0.01))
+    with running(runtime, max_queue=8) as server:
+        port = server.server_address[1]
+        busy = socket.create_connection(("127.0.0.1", port), timeout=30)
+        busy.sendall(stream_request({"messages": USER, "max_tokens": 200}))
+        received = b""
+        while b"data: " not in received:
+            received += busy.recv(4096)
+        finished, pool = [], ThreadPoolExecutor(4)
+        for index in range(4):
+            pool.submit(lambda i=index: (post_json(server, {"messages": USER, "max_tokens": 1}),
+                                         finished.append(i)))
+            time.sleep(0.15)  # each arrives after the one before
+        busy.close()
+        pool.shutdown(wait=True)
+    assert finished == [0, 1, 2, 3]
 
 
 def _send_and_leave(port: int, body: dict) -> None:
