@@ -177,8 +177,8 @@ class Guide:
         """`token_id` if the output can still be finished within the `remaining` tokens (this
         one included) after it; otherwise the next token of `closing_path`."""
         path = None if self._unbounded else self.closing_path()
-        if path is None:
-            self._unbounded = True
+        if not path:  # no known way to finish (budgets cannot be kept), or finished already
+            self._unbounded = path is None
             return token_id
         if path and path[0] == token_id:
             return token_id
