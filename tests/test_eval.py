@@ -262,3 +262,30 @@ def test_task_names_are_the_documented_ones():
     assert set(TASK_NAMES) == {"hindi_bpb_news", "hindi_bpb_literature",
                                "hindi_bpb_encyclopedic", "hindi_bpb_hinglish", "xquad_hi",
                                "indicquest_hi", "hindi_agent_json", "hindi_cloze"}
+
+
+def test_eval_report_joins_scores_with_costs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    evals = [{"artifact": f"/runs/{name}", "backend": backend, "seconds": 1.0, "limit": 50,
+              "tasks": {"hindi_cloze": {"acc": acc}, "hindi_bpb_news": {"bits_per_byte": bpb}}}
+             for name, backend, acc, bpb in (("model", "torch", 0.5, 2.0),
+                                             ("model-q4.gguf", "llama.cpp", 0.25, 2.5))]
+    derived = {"ttft_ms": {"p50": 8.0}, "tpot_ms": {"p50": 0.5}, "tg_tokens_per_s": [900.0, 1.0],
+               "bytes_per_token": 660_000, "joules_per_token": "unavailable"}
+    bench = {"cases": [{"path": "/elsewhere/model-q4.gguf", "name": "llama.cpp q4",
+                        "peak_rss_mb": 300.0, "derived": derived}]}
+    (tmp_path / "results.json").write_text(json.dumps(evals))
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    script = Path(__file__).parent.parent / "benchmarks" / "eval_report.py"
+    subprocess.run([sys.executable, script, "--eval", tmp_path / "results.json", "--bench",
+                    tmp_path / "bench.json", "--output", tmp_path / "report"], check=True,
+                   capture_output=True)
+    rows = {line.split(" | ")[0]: line for line in
+            (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("| model")}
+    assert "0.250 (-0.250)" in rows["| model-q4.gguf"] and "2.500 (+0.500)" in rows["| model-q4.gguf"]
+    assert "llama.cpp q4 | 8.0 | 0.50 | 900 | 300 | 0.66 | unavailable" in rows["| model-q4.gguf"]
+    assert "not benchmarked" in rows["| model"]
+    assert (tmp_path / "report" / "report.png").stat().st_size > 1000
