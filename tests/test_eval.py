@@ -17,7 +17,7 @@ from lm_eval.api.model import LM  # noqa: E402
 from hslm.apps.eval import main  # noqa: E402
 from hslm.eval import data, metrics  # noqa: E402
 from hslm.eval.run import TASK_NAMES, go_offline  # noqa: E402
-from model_factory import briefly_trained_model  # noqa: E402
+from model_factory import make_config, make_model  # noqa: E402
 
 PAIRS = [("भारत की राजधानी", "दिल्ली है।"), ("प्रेमचंद ने", " कई उपन्यास लिखे"),
          ("Kal subah", " 7 baje alarm")]
@@ -36,13 +36,16 @@ def offline_data(hindi_data_dir, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def artifacts(trained_tokenizer, hindi_data_dir, tmp_path_factory):
-    """The briefly trained tiny model as a model folder, an f32 GGUF and an fp32 ONNX folder."""
+def artifacts(trained_tokenizer, tmp_path_factory):
+    """A tiny model with the Hindi tokenizer as a model folder, an f32 GGUF and an fp32 ONNX
+    folder. Its weights are random but perturbed so that logits are O(1-10) (model_factory):
+    these tests compare backends and scoring, not skill, and briefly_trained_model's 300
+    steps cost minutes of CPU."""
     from hslm.export.gguf import write_gguf
     from hslm.export.hf import save_hf
     from hslm.export.onnx import export_onnx
 
-    model = briefly_trained_model(trained_tokenizer, hindi_data_dir)
+    model = make_model(make_config(vocab_size=trained_tokenizer.vocab_size, context_length=256))
     folder = tmp_path_factory.mktemp("eval")
     save_hf(model, folder / "model", tokenizer=trained_tokenizer)
     write_gguf(model, trained_tokenizer, folder / "model-f32.gguf", "f32")
