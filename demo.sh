@@ -66,4 +66,15 @@ hslm-parity "$run_dir/train/model" "${exports[@]}" --text data/sample \
 echo "== 8. bench: speed, latency, memory (and energy where measurable) of every backend"
 hslm-bench "$run_dir/train/model" "${exports[@]}" --repeat 3 --n-prompt 128 --n-gen 64 \
   --output "$run_dir/report/bench"
-echo "== done: reports in $run_dir/report/ (parity/parity.md, bench/bench.md)"
+
+echo "== 9. eval: task accuracy of every artifact on the Hindi tasks, beside the bench's costs"
+data_dir="${HSLM_DATA:-../shared/data/hindi}"  # read at run time, never shipped (README)
+if [ -d "$data_dir" ]; then
+  hslm-eval "$run_dir/train/model" "${exports[@]}" --tasks all --limit 10 --threads 1 \
+    --data "$data_dir" --output "$run_dir/report/eval"
+  python3 benchmarks/eval_report.py --eval "$run_dir/report/eval/results.json" \
+    --bench "$run_dir/report/bench/bench.json" --output "$run_dir/report/eval"
+else
+  echo "skipped: no Hindi task data in $data_dir (set HSLM_DATA to the folder)"
+fi
+echo "== done: reports in $run_dir/report/ (parity/parity.md, bench/bench.md, eval/report.md)"
