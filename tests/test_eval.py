@@ -292,3 +292,13 @@ def test_eval_report_joins_scores_with_costs(tmp_path):
     assert "llama.cpp q4 | 8.0 | 0.50 | 900 | 300 | 0.66 | unavailable" in rows["| model-q4.gguf"]
     assert "not benchmarked" in rows["| model"]
     assert (tmp_path / "report" / "report.png").stat().st_size > 1000
+
+
+def test_without_lm_eval_the_command_names_the_extra(monkeypatch, tmp_path, capsys):
+    from test_optional_packages import hide
+
+    hide(monkeypatch, "lm_eval")
+    code, err = run_cli([tmp_path, "--tasks", "hindi_cloze", "--output", tmp_path / "out"],
+                        capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "pip install 'hslm[eval]'" in errors[0], err
