@@ -134,7 +134,9 @@ def strip_punctuation(word: str) -> str:
 
 def cloze_items() -> list[dict]:
     """Held-out story sentences of 6-40 words: the sentence without its last word, the true
-    last word and three last words of other held-out sentences (seeded by position)."""
+    last word and three different last words of other held-out sentences, drawn as often as
+    they end sentences (so always picking a frequent ending word does not beat chance),
+    seeded by position."""
     lines = read_text_lines(CLOZE_FILE)
     sentences = []
     for line in lines[held_out_start(len(lines)):]:
@@ -142,11 +144,15 @@ def cloze_items() -> list[dict]:
         last = strip_punctuation(words[-1]) if words else ""
         if 6 <= len(words) <= 40 and last:
             sentences.append((" ".join(words[:-1]), last))
-    vocabulary = sorted({last for _, last in sentences})
+    endings = [last for _, last in sentences]
     items = []
     for number, (prefix, last) in enumerate(sentences):
         rng = random.Random(number)
-        distractors = rng.sample([w for w in vocabulary if w != last], CLOZE_CHOICES - 1)
+        distractors: list[str] = []
+        while len(distractors) < CLOZE_CHOICES - 1:
+            word = rng.choice(endings)
+            if word != last and word not in distractors:
+                distractors.append(word)
         choices = distractors + [last]
         rng.shuffle(choices)
         items.append({"prefix": prefix, "choices": choices, "answer": choices.index(last)})
