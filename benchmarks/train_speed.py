@@ -8,7 +8,10 @@ hslm-train runs (chunked loss included); transformers' side is the loop users wr
 
     python benchmarks/train_speed.py [--models tiny hindi-270m] [--precisions fp32 bf16]
 
-Writes benchmarks/results/train_speed.{json,md}.
+Writes benchmarks/results/train_speed.{json,md}. With --attention-paths it instead times
+hslm's own step with each attention kernel for unpadded sequences (see hslm.model) against the
+dense-mask step, on hindi-270m at context 1,024, same weights and batches, interleaved, and
+checks that the losses agree: benchmarks/results/train_attention.{json,md}.
 """
 
 from __future__ import annotations
@@ -106,6 +109,77 @@ def bench(name: str, precision: str, steps: int, compile_model: bool) -> dict:
     }
 
 
+ATTENTION_SHAPE = {"seq_len": 1024, "micro_batch": 1}
+
+
+def bench_attention_paths(steps: int, kernels: list[str]) -> dict:
+    """hslm's TrainStep with attention=sdpa-mask (the reference) and each of `kernels`, on
+    identical weights and batches, steps interleaved; loss per step for each."""
+    config = ModelConfig.preset("hindi-270m")
+    train_config = {kernel: TrainConfig(model="hindi-270m", precision="fp32", device="cpu",
+                                        attention=kernel, batch_tokens=1024, **ATTENTION_SHAPE)
+                    for kernel in ["sdpa-mask", *kernels]}
+    torch.manual_seed(0)
+    reference = Gemma3(config)
+    world = World(0, 1, 0, torch.device("cpu"))
+    train_steps = {}
+    for kernel, settings in train_config.items():
+        model = Gemma3(config)
+        model.load_state_dict(reference.state_dict())
+        train_steps[kernel] = TrainStep(model.train(), settings, world)
+    seconds = {kernel: [] for kernel in train_steps}
+    losses = {kernel: [] for kernel in train_steps}
+    for i in range(steps + 1):  # step 0 is a warm-up
+        rows = torch.randint(6, config.vocab_size, (1, ATTENTION_SHAPE["seq_len"] + 1),
+                             generator=torch.Generator().manual_seed(i))
+        for kernel, step in train_steps.items():
+            started = time.perf_counter()
+            outcome = step([(rows[:, :-1], rows[:, 1:])], lr=3e-4)
+            if i:
+                seconds[kernel].append(time.perf_counter() - started)
+            losses[kernel].append(outcome.loss)
+        print(f"step {i}: " + ", ".join(f"{k} {losses[k][-1]:.6f} ({seconds[k][-1] if i else 0:.2f}s)"
+                                        for k in train_steps), flush=True)
+    peak = measure_peak_tflops(torch.device("cpu"), torch.float32)
+    flops = flops_per_token(config, ATTENTION_SHAPE["seq_len"])
+    tokens = ATTENTION_SHAPE["seq_len"] * ATTENTION_SHAPE["micro_batch"]
+    rows = []
+    for kernel in train_steps:
+        tokens_per_s = tokens / statistics.mean(seconds[kernel])
+        rows.append({
+            "attention": kernel, "tokens_per_s": tokens_per_s,
+            "stdev": statistics.stdev([tokens / s for s in seconds[kernel]]),
+            "mfu": flops * tokens_per_s / (peak * 1e12),
+            "speedup_vs_dense_mask": statistics.mean(seconds["sdpa-mask"]) / statistics.mean(seconds[kernel]),
+            "max_loss_difference": max(abs(a - b) for a, b in zip(losses[kernel], losses["sdpa-mask"])),
+            "losses": losses[kernel], "seconds": seconds[kernel]})
+    return {"model": "hindi-270m", "precision": "fp32", **ATTENTION_SHAPE, "steps": steps,
+            "measured_peak_tflops": peak, "results": rows}
+
+
+def write_attention_report(report: dict, threads: int) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "train_attention.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# CPU training step by attention kernel: hindi-270m, context 1,024",
+        "",
+        f"hslm's TrainStep (fp32, batch {report['micro_batch']}×{report['seq_len']}, AdamW) on "
+        f"identical weights and batches, {report['steps']} interleaved steps after one warm-up; "
+        f"{threads} threads; torch {torch.__version__}. sdpa-mask is the dense boolean-mask step "
+        "(the reference); the loss difference is the largest over all steps. MFU against this "
+        "CPU's measured fp32 matmul peak.",
+        "",
+        "| attention | tokens/s | speed-up vs dense mask | MFU | max loss difference |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report["results"]:
+        lines.append(f"| {row['attention']} | {row['tokens_per_s']:.1f} ± {row['stdev']:.1f} "
+                     f"| {row['speedup_vs_dense_mask']:.2f}× | {100 * row['mfu']:.0f}% "
+                     f"| {row['max_loss_difference']:.1e} |")
+    (RESULTS / "train_attention.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -114,8 +188,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"],
                         help="run hslm's step without and/or with torch.compile")
+    parser.add_argument("--attention-paths", action="store_true",
+                        help="compare attention kernels on hindi-270m at context 1,024 instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.attention_paths:
+        # flex trains on GPUs only (no CPU backward); auto is sdpa-blocks on CPUs
+        report = bench_attention_paths(args.steps, ["sdpa-blocks"])
+        write_attention_report({**report, "threads": args.threads}, args.threads)
+        return
 
     import transformers
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,9 +91,44 @@ def test_learning_rate_schedule():
 
 def test_global_batch_sets_accumulation():
     config = TrainConfig(batch_tokens=1024, micro_batch=4, seq_len=32)
-    assert config.grad_accum(1) == 8 and config.grad_accum(2) == 4 and config.grad_accum(8) == 1
-    with pytest.raises(ConfigError, match="not a multiple"):
-        config.grad_accum(3)
+    assert [config.fit_batch(ranks) for ranks in (1, 2, 8)] == [(8, 1024), (4, 1024), (1, 1024)]
+    assert config.fit_batch(3) == (3, 1152)  # 1024 / 384 = 2.67 micro-steps: the nearest, 3
+    assert config.fit_batch(5) == (2, 1280)  # 1.6
+    assert config.fit_batch(16) == (1, 2048)  # never less than one micro-step
+    # the shipped GPU config on 8, 12 and 14 GPUs
+    gpu = TrainConfig.load("configs/hindi-270m-gpu.yaml")
+    per_gpu = gpu.micro_batch * gpu.seq_len
+    assert gpu.fit_batch(8) == (2, gpu.batch_tokens)
+    assert gpu.fit_batch(12) == (1, 12 * per_gpu) and gpu.fit_batch(14) == (1, 14 * per_gpu)
+
+
+def test_rounded_batch_and_many_epochs_warn(shard_dir, trained_tokenizer_dir, trained_tokenizer,
+                                            tmp_path, capsys, monkeypatch):
+    held = TokenShards(shard_dir, "train").num_tokens
+    # the sample shards are small: a limit between 2 and 3 steps of 256 tokens
+    monkeypatch.setattr(loop, "EPOCH_WARNING", 640 / held)
+    config = small_run(shard_dir, trained_tokenizer_dir, tmp_path, batch_tokens=300, steps=3,
+                       warmup=1)
+    result = train(config, trained_tokenizer)
+    err = capsys.readouterr().err
+    assert "batch_tokens 300 is not a multiple of micro_batch x seq_len x ranks = 4 x 32 x 1: " \
+           "training with the nearest, 256 (2 micro-steps)" in err
+    assert result.tokens == 3 * 256
+    assert f"3 steps of 256 tokens see the training data {3 * 256 / held:.1f} times" in err
+    train(small_run(shard_dir, trained_tokenizer_dir, tmp_path / "quiet", steps=2, warmup=1),
+          trained_tokenizer)
+    assert "warning" not in capsys.readouterr().err  # a fitting batch, under the epoch limit
+
+
+def test_attention_kernel_setting(shard_dir, trained_tokenizer_dir, trained_tokenizer, tmp_path):
+    with pytest.raises(ConfigError, match="attention must be one of"):
+        TrainConfig(attention="flash")
+    with pytest.raises(ConfigError, match="attention=flex needs a GPU to train"):
+        TrainConfig(attention="flex", device="cpu")
+    if not torch.cuda.is_available():  # device=auto resolves to the CPU
+        with pytest.raises(TrainingError, match="attention=flex needs a GPU to train"):
+            train(small_run(shard_dir, trained_tokenizer_dir, tmp_path, attention="flex",
+                            device="auto"), trained_tokenizer)
 
 
 def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -280,7 +318,7 @@ def test_compiled_training_saves_plain_weights(shard_dir, trained_tokenizer_dir,
     (["compile=maybe"], "compile must be true or false"),
     (["resume=maybe"], "resume must be one of"),
     (["collective_timeout=0"], "collective_timeout must be a positive integer"),
-    (["batch_tokens=100"], "not a multiple"),
+    (["attention=flex", "device=cpu"], "attention=flex needs a GPU to train"),
     (["seq_len=512", "batch_tokens=4096"], "exceeds the model's context"),
     (["init_from=/nonexistent"], "init_from: model not found"),
     (["--config", "/nonexistent.yaml"], "config file not found"),
@@ -293,3 +331,13 @@ def test_train_command_errors(shard_dir, trained_tokenizer_dir, tmp_path, capsys
                      "out=" + str(tmp_path)])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_benchmark_refuses_without_cuda():
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_train.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "gpu_train.py needs a CUDA GPU and PyTorch sees none (CPU figures: "
+        "benchmarks/train_speed.py --attention-paths)"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from hslm.config import ConfigError
 from hslm.configfile import load_dataclass
+from hslm.model import ATTENTION_KERNELS
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 TASKS = ("pretrain", "sft")
@@ -22,7 +23,7 @@ RESUME_MODES = ("auto", "force")
 SAFE_TO_CHANGE = ("steps", "out", "tokenizer", "log_every", "eval_every", "eval_batches",
                   "eval_samples", "checkpoint_every", "keep_last", "max_nonfinite", "device",
                   "compile", "loss_chunk_tokens", "peak_tflops", "tensorboard", "resume",
-                  "collective_timeout")
+                  "collective_timeout", "attention")
 
 
 @dataclass
@@ -36,7 +37,9 @@ class TrainConfig:
     init_from: str = ""  # start from these weights: a model folder, checkpoint or run folder
     steps: int = 300
     seq_len: int = 128
-    batch_tokens: int = 2048  # global batch in tokens; accumulation = this / (micro x seq x ranks)
+    # global batch in tokens; accumulation = this / (micro x seq x ranks), rounded to the
+    # nearest whole number of micro-steps (with a warning) when the ranks do not divide it
+    batch_tokens: int = 2048
     micro_batch: int = 8  # sequences per forward pass on each rank
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -49,6 +52,10 @@ class TrainConfig:
     precision: str = "bf16"  # autocast dtype (master weights stay fp32), or fp32
     device: str = "auto"  # auto (cuda when present), cpu, cuda
     compile: bool = False  # torch.compile the model for training
+    # Kernel for unpadded sequences (same numerics): auto = FlexAttention's block-sparse sliding
+    # window on CUDA, window-blocked SDPA on CPU; flex (CUDA only: no CPU backward),
+    # sdpa-blocks, or sdpa-mask (dense boolean masks, the reference)
+    attention: str = "auto"
     loss_chunk_tokens: int = 1024  # cross-entropy over this many positions at a time
     seed: int = 0
     log_every: int = 10
@@ -82,6 +89,11 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.attention not in ATTENTION_KERNELS:
+            raise ConfigError(f"attention must be one of {ATTENTION_KERNELS}, got {self.attention!r}")
+        if self.attention == "flex" and self.device == "cpu":
+            raise ConfigError("attention=flex needs a GPU to train (PyTorch's FlexAttention has "
+                              "no backward on CPU); use auto or sdpa-blocks")
         if not 0 <= self.warmup < self.steps:
             raise ConfigError(f"warmup ({self.warmup}) must be in [0, steps)")
         if not self.lr > 0:
@@ -89,14 +101,13 @@ class TrainConfig:
         if self.eval_samples < 0 or self.peak_tflops < 0:
             raise ConfigError("eval_samples and peak_tflops must be >= 0")
 
-    def grad_accum(self, world_size: int) -> int:
-        """Micro-steps per optimizer step so that the global batch is `batch_tokens`."""
+    def fit_batch(self, world_size: int) -> tuple[int, int]:
+        """(micro-steps per optimizer step, global batch in tokens): the multiple of micro_batch
+        x seq_len x ranks nearest to `batch_tokens`, at least one micro-step (12 or 14 GPUs
+        rarely divide a power-of-two batch)."""
         per_micro_step = self.micro_batch * self.seq_len * world_size
-        if self.batch_tokens % per_micro_step:
-            raise ConfigError(f"batch_tokens {self.batch_tokens} is not a multiple of micro_batch "
-                              f"x seq_len x ranks = {self.micro_batch} x {self.seq_len} x "
-                              f"{world_size} = {per_micro_step}")
-        return self.batch_tokens // per_micro_step
+        grad_accum = max(1, int(self.batch_tokens / per_micro_step + 0.5))
+        return grad_accum, grad_accum * per_micro_step
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hslm.config import ConfigError, ModelConfig
 from hslm.data.shards import ShardError, TokenShards
-from hslm.model import Gemma3
+from hslm.model import Gemma3, sliding_block_mask
 from hslm.tokenizer import Tokenizer
 from hslm.train import distributed
 from hslm.train.checkpoint import (CheckpointError, load_latest, model_from_state,
@@ -37,6 +37,10 @@ from hslm.train.metrics import MetricsLog, flops_per_token, peak_tflops
 from hslm.train.sft import ConversationSet, SFTDataError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Passes over the training data above which a run warns: up to ~4 epochs, repeated tokens are
+# worth almost as much as new ones (Muennighoff et al. 2023, "Scaling Data-Constrained
+# Language Models"); far beyond, the model memorises its data.
+EPOCH_WARNING = 4
 
 
 class TrainingError(RuntimeError):
@@ -81,6 +85,14 @@ def open_data(config: TrainConfig, tokenizer: Tokenizer):
         return train_data, TokenShards(config.data, "val")
     except (ShardError, SFTDataError) as err:
         raise TrainingError(str(err)) from None
+
+
+def epochs(config: TrainConfig, batch_tokens: int, train_data) -> float:
+    """How many times a run of config.steps steps sees its training data (sequences drawn over
+    sequences held: conversations for SFT, seq_len windows of the token stream otherwise)."""
+    sequences_held = (len(train_data.examples) if config.task == "sft"
+                      else train_data.num_tokens / config.seq_len)
+    return config.steps * batch_tokens / config.seq_len / max(sequences_held, 1)
 
 
 def initial_model(config: TrainConfig, tokenizer: Tokenizer, resumed: dict | None) -> Gemma3:
@@ -146,6 +158,13 @@ class TrainStep:
 
     def __init__(self, model: Gemma3, config: TrainConfig, world: World):
         self.model, self.config, self.world = model, config, world
+        if config.attention == "flex" and world.device.type != "cuda":
+            raise TrainingError("attention=flex needs a GPU to train (PyTorch's FlexAttention "
+                                "has no backward on CPU); use auto or sdpa-blocks")
+        model.use_attention(config.attention)
+        if config.compile and world.device.type == "cuda" and config.attention in ("auto", "flex"):
+            # the sliding layers' BlockMask, built (and cached) before tracing, not in the graph
+            sliding_block_mask(config.seq_len, model.config.sliding_window, world.device)
         self.optimizer = make_optimizer(model, config, world.device)
         self.scaler = torch.amp.GradScaler(world.device.type, enabled=config.precision == "fp16")
         module = LanguageModelLoss(model, config.loss_chunk_tokens)
@@ -257,10 +276,17 @@ def _train(config: TrainConfig, tokenizer: Tokenizer, world: World, progress,
            stop_at_step: int | None) -> TrainResult:
     out = Path(config.out)
     train_data, val_data = open_data(config, tokenizer)
-    try:
-        grad_accum = config.grad_accum(world.world_size)
-    except ConfigError as err:
-        raise TrainingError(str(err)) from None
+    grad_accum, batch_tokens = config.fit_batch(world.world_size)
+    if world.is_main and batch_tokens != config.batch_tokens:
+        print(f"warning: batch_tokens {config.batch_tokens} is not a multiple of micro_batch x "
+              f"seq_len x ranks = {config.micro_batch} x {config.seq_len} x {world.world_size}: "
+              f"training with the nearest, {batch_tokens} ({grad_accum} micro-steps)",
+              file=sys.stderr)
+    passes = epochs(config, batch_tokens, train_data)
+    if world.is_main and passes > EPOCH_WARNING:
+        print(f"warning: {config.steps} steps of {batch_tokens} tokens see the training data "
+              f"{passes:.1f} times (more than {EPOCH_WARNING} epochs): the model will memorise "
+              "it; more data or fewer steps", file=sys.stderr)
 
     resumed = resumable(config, tokenizer)
     torch.manual_seed(config.seed)
@@ -327,7 +353,7 @@ def _train(config: TrainConfig, tokenizer: Tokenizer, world: World, progress,
                                                                config.eval_samples)
             stopping = outcome.stop_votes > 0 or step == last_step
             if step % config.log_every == 0 or evaluated or stopping:
-                tokens_per_s = config.batch_tokens / step_seconds
+                tokens_per_s = batch_tokens / step_seconds
                 record = {"step": step, "loss": outcome.loss, "lr": lr,
                           "grad_norm": outcome.grad_norm,
                           "tokens": tokens, "tokens_per_s": tokens_per_s,
