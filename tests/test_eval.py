@@ -101,7 +101,7 @@ def test_loglikelihoods_equal_lm_evals_hf_backend(artifacts):
 def test_every_backend_runs_every_task_type(artifacts, tmp_path, capsys):
     tasks = ["hindi_bpb_hinglish", "hindi_cloze", "xquad_hi", "indicquest_hi",
              "hindi_agent_json"]
-    code, err = run_cli([*artifacts.values(), "--tasks", *tasks, "--limit", "3",
+    code, err = run_cli([*artifacts.values(), "--tasks", *tasks, "--limit", "2",
                          "--output", tmp_path], capsys)
     assert code == 0, err
     results = json.loads((tmp_path / "results.json").read_text())
