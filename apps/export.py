@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embedding-type", choices=("f32", "f16", "q8_0", "q4_0", "iq4_nl"),
                         help="type of the token embedding (quantized types only; default: "
                              "llama.cpp's choice)")
+    parser.add_argument("--calibration", nargs="+", metavar="TEXT",
+                        help="Hindi text files to calibrate 4-bit and lower quantization with "
+                             "(GGUF: an importance matrix; ONNX int4: the algorithms that use data)")
     parser.add_argument("--threads", type=int, default=0, help="quantizer threads (0 = all)")
     parser.add_argument("--ollama", action="store_true",
                         help="also write an Ollama Modelfile (chat template, stop tokens, "
