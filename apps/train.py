@@ -58,7 +58,7 @@ def run(args) -> int:
         if config.task == "sft" and not config.init_from:
             print("warning: task=sft without init_from fine-tunes a randomly initialised model")
         tokenizer = Tokenizer.load(config.tokenizer)
-        world = distributed.setup(config.device, config.collective_timeout)
+        world = distributed.setup(config.device, config.collective_timeout, config.parallel)
     except (ConfigError, TokenizerError) as err:
         raise UsageError(str(err)) from None
 

@@ -179,16 +179,22 @@ main(sys.argv[1:])
 
 
 def start_two_ranks(tmp_path, args: list[str], **env) -> list[subprocess.Popen]:
-    """Two gloo ranks of FAILING_DISK, started as torchrun would but without it: torchrun ends
-    every rank when one exits, which would hide whether the others stop by themselves."""
-    import socket
-
+    """Two gloo ranks of FAILING_DISK (see start_ranks)."""
     script = tmp_path / "failing_disk.py"
     script.write_text(FAILING_DISK)
+    return start_ranks([sys.executable, str(script), "--samples", "0"] + args, **env)
+
+
+def start_ranks(command: list[str], **env) -> list[subprocess.Popen]:
+    """Two gloo ranks of `command`, started as torchrun would but without it: torchrun ends
+    every rank when one exits, which would hide whether the others stop by themselves, and
+    starts them in sessions of their own, out of reach of a test's SIGKILL."""
+    import socket
+
     with socket.socket() as probe:  # a free port for the ranks to meet on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return [subprocess.Popen([sys.executable, str(script), "--samples", "0"] + args, cwd=CWD,
+    return [subprocess.Popen(command, cwd=CWD,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**ENV, **env, "RANK": str(rank), "LOCAL_RANK": str(rank),
                                   "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",

@@ -14,6 +14,7 @@ from hslm.model import ATTENTION_KERNELS
 PRECISIONS = ("bf16", "fp16", "fp32")
 TASKS = ("pretrain", "sft")
 RESUME_MODES = ("auto", "force")
+PARALLEL_MODES = ("ddp", "fsdp")
 
 # Keys a resumed run may change: they decide how long the run goes, how it is watched, where it
 # runs or how fast, not what is learned from which data. Any other difference from the
@@ -52,6 +53,10 @@ class TrainConfig:
     precision: str = "bf16"  # autocast dtype (master weights stay fp32), or fp32
     device: str = "auto"  # auto (cuda when present), cpu, cuda
     compile: bool = False  # torch.compile the model for training
+    # ddp: every rank holds the whole model and optimizer; fsdp: FSDP2 shards parameters,
+    # gradients and optimizer state over the ranks per block (for hindi-1b/4b), with sharded
+    # checkpoints (OUT/checkpoints/step_N.dcp) that resume on any number of ranks
+    parallel: str = "ddp"
     # Kernel for unpadded sequences (same numerics): auto = FlexAttention's block-sparse sliding
     # window on CUDA, window-blocked SDPA on CPU; flex (CUDA only: no CPU backward),
     # sdpa-blocks, or sdpa-mask (dense boolean masks, the reference)
@@ -87,6 +92,11 @@ class TrainConfig:
             raise ConfigError(f"resume must be one of {RESUME_MODES}, got {self.resume!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.parallel not in PARALLEL_MODES:
+            raise ConfigError(f"parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}")
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ConfigError("parallel=fsdp trains in bf16 or fp32 (no fp16 grad scaler over "
+                              "shards; Gemma 3 overflows fp16 anyway)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.attention not in ATTENTION_KERNELS:

@@ -1,4 +1,4 @@
-"""The training loop: DDP across ranks, AMP, AdamW, warmup + cosine, resumable to the bit.
+"""The training loop: DDP or FSDP2 across ranks, AMP, AdamW, warmup + cosine, resumable to the bit.
 
 Everything that decides what happens at step N is a function of (config, N) or is restored
 from the checkpoint (weights, optimizer, grad scaler, RNG), so a run stopped and resumed ends
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from hslm.config import ConfigError, ModelConfig
@@ -26,10 +27,11 @@ from hslm.data.shards import ShardError, TokenShards
 from hslm.model import Gemma3, sliding_block_mask
 from hslm.tokenizer import Tokenizer
 from hslm.train import distributed
-from hslm.train.checkpoint import (CheckpointError, load_latest, model_from_state,
-                                   remove_partial_writes, save_checkpoint)
+from hslm.train.checkpoint import (CheckpointError, load_latest, load_sharded, model_from_state,
+                                   remove_partial_writes, save_checkpoint,
+                                   save_sharded_checkpoint)
 from hslm.train.config import SAFE_TO_CHANGE, TrainConfig
-from hslm.train.distributed import World, all_gather, all_reduce_sum
+from hslm.train.distributed import World, all_gather, all_reduce_sum, root_gathered
 from hslm.train.evaluate import evaluate, sample_generations, token_byte_lengths
 from hslm.train.lock import LockError, RunLock
 from hslm.train.loss import IGNORE, LanguageModelLoss
@@ -97,6 +99,8 @@ def epochs(config: TrainConfig, batch_tokens: int, train_data) -> float:
 
 def initial_model(config: TrainConfig, tokenizer: Tokenizer, resumed: dict | None) -> Gemma3:
     """The model to train: as checkpointed, from `init_from`'s weights, or freshly initialised."""
+    if resumed is not None and "sharded" in resumed:  # weights: load_sharded, once split
+        return Gemma3(ModelConfig.from_dict(resumed["model_config"]))
     if resumed is not None:
         return model_from_state(resumed)
     if config.init_from:
@@ -154,7 +158,8 @@ class StepOutcome:
 class TrainStep:
     """One optimizer step over a step's micro-batches: forward + backward under autocast with
     gradient sync on the last micro-step only, unscale, clip, and AdamW unless the loss or
-    gradient norm is non-finite."""
+    gradient norm is non-finite. With parallel=fsdp the model's parameters become shards
+    (DTensors) here, before the optimizer is made over them."""
 
     def __init__(self, model: Gemma3, config: TrainConfig, world: World):
         self.model, self.config, self.world = model, config, world
@@ -165,12 +170,17 @@ class TrainStep:
         if config.compile and world.device.type == "cuda" and config.attention in ("auto", "flex"):
             # the sliding layers' BlockMask, built (and cached) before tracing, not in the graph
             sliding_block_mask(config.seq_len, model.config.sliding_window, world.device)
-        self.optimizer = make_optimizer(model, config, world.device)
-        self.scaler = torch.amp.GradScaler(world.device.type, enabled=config.precision == "fp16")
         module = LanguageModelLoss(model, config.loss_chunk_tokens)
-        if world.distributed:
+        if config.parallel == "fsdp":
+            # the loss module is the root: the tied embedding is gathered for the output layer
+            distributed.shard(module, model.layers, world,
+                              torch.bfloat16 if config.precision == "bf16" else None)
+        elif world.distributed:
             module = DistributedDataParallel(
                 module, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+        self.wrapped = module
+        self.optimizer = make_optimizer(model, config, world.device)
+        self.scaler = torch.amp.GradScaler(world.device.type, enabled=config.precision == "fp16")
         self.module = torch.compile(module) if config.compile else module
         self.autocast = autocast(config, world.device)
 
@@ -186,7 +196,10 @@ class TrainStep:
         local_loss = 0.0
         for micro, (inputs, targets) in enumerate(batches):
             last = micro == len(batches) - 1
-            no_sync = self.module.no_sync if world.distributed and not last else nullcontext
+            if self.config.parallel == "fsdp":  # gradients reduce-scattered once, at the last
+                self.wrapped.set_requires_gradient_sync(last)
+            no_sync = self.wrapped.no_sync if isinstance(self.wrapped, DistributedDataParallel) \
+                and not last else nullcontext
             with no_sync():
                 with self.autocast:
                     loss_sum = self.module(inputs.to(world.device), targets.to(world.device))
@@ -195,8 +208,10 @@ class TrainStep:
         loss_total, stop_votes = all_reduce_sum(world, [local_loss, stop_requested])
         loss = loss_total / max(global_count, 1)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                         self.config.grad_clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if isinstance(grad_norm, DTensor):  # under FSDP: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
         # All ranks agree: loss and gradients are reduced over ranks.
         applied = math.isfinite(loss) and math.isfinite(grad_norm)
         if applied:
@@ -209,7 +224,7 @@ class TrainStep:
 
 @dataclass
 class TrainResult:
-    model: Gemma3
+    model: Gemma3 | None  # None on ranks other than 0 under FSDP
     step: int
     tokens: int
     skipped_steps: int
@@ -230,6 +245,9 @@ def resumable(config: TrainConfig, tokenizer: Tokenizer) -> dict | None:
         return None
     if resumed["tokenizer_sha256"] != tokenizer.sha256:
         raise TrainingError(f"the checkpoints in {out} were trained with another tokenizer")
+    if config.parallel == "fsdp" and "sharded" not in resumed:
+        raise TrainingError(f"the checkpoint in {out} (step {resumed['step']}) is a DDP one "
+                            "(.pt): parallel=fsdp continues sharded checkpoints (.dcp) only")
     differences = config.resume_differences(resumed["config"])
     if differences and config.resume != "force":
         raise TrainingError(
@@ -249,7 +267,8 @@ def train(config: TrainConfig, tokenizer: Tokenizer, world: World | None = None,
     run early with a checkpoint, as a pre-emption would; running again continues it.
     `progress(record)` is called on rank 0 with every logged record. The output folder is
     locked for the run (see hslm.train.lock)."""
-    world = world or distributed.setup(config.device, config.collective_timeout)
+    world = world or distributed.setup(config.device, config.collective_timeout,
+                                       config.parallel)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     lock, refused = None, None
@@ -298,7 +317,10 @@ def _train(config: TrainConfig, tokenizer: Tokenizer, world: World, progress,
     optimizer, scaler = step_once.optimizer, step_once.scaler
     step = tokens = skipped = 0
     if resumed is not None:
-        optimizer.load_state_dict(resumed["optimizer"])
+        if "sharded" in resumed:  # resharded onto this run's ranks
+            load_sharded(resumed["sharded"], model, optimizer)
+        else:
+            optimizer.load_state_dict(resumed["optimizer"])
         for group, weight_decay in zip(optimizer.param_groups, (config.weight_decay, 0.0)):
             # load_state_dict restores the checkpoint's settings: with resume=force the new
             # ones apply (with resume=auto they are the same)
@@ -344,12 +366,16 @@ def _train(config: TrainConfig, tokenizer: Tokenizer, world: World, progress,
 
             evaluated = step % config.eval_every == 0 or step == config.steps
             if evaluated:
-                evaluation = evaluate(model, val_data, world, config.eval_batches,
-                                      config.micro_batch, config.seq_len, config.seed + 1,
-                                      config.loss_chunk_tokens, byte_lengths,
-                                      step_once.autocast)
+                with root_gathered(step_once.wrapped):
+                    evaluation = evaluate(model, val_data, world, config.eval_batches,
+                                          config.micro_batch, config.seq_len, config.seed + 1,
+                                          config.loss_chunk_tokens, byte_lengths,
+                                          step_once.autocast)
+                # Rank 0 samples alone: under FSDP from the whole model, gathered on its CPU
+                sampler = model if config.parallel == "ddp" or not config.eval_samples \
+                    else whole_model(model)
                 if world.is_main and config.eval_samples:
-                    evaluation["samples"] = sample_generations(model, tokenizer, config.task,
+                    evaluation["samples"] = sample_generations(sampler, tokenizer, config.task,
                                                                config.eval_samples)
             stopping = outcome.stop_votes > 0 or step == last_step
             if step % config.log_every == 0 or evaluated or stopping:
@@ -371,29 +397,34 @@ def _train(config: TrainConfig, tokenizer: Tokenizer, world: World, progress,
                                          "cuda": torch.cuda.get_rng_state(world.device)
                                          if world.device.type == "cuda" else None})
                 failed = None
-                if world.is_main:
-                    state = {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "step": step, "tokens": tokens,
-                        "skipped_steps": skipped, "rng": rng,
-                        # The batches of step N are a function of (seed, N): the step is the
-                        # data position.
-                        "data": {"seed": config.seed, "next_step": step, "source": config.data},
-                        "config": config.to_dict(), "model_config": model.config.to_dict(),
-                        "tokenizer_sha256": tokenizer.sha256,
-                        "tokenizer_model": tokenizer.model_bytes,
-                    }
-                    val_loss = evaluation.get("val_loss") if evaluated else None
-                    try:
-                        save_checkpoint(out / "checkpoints", step, state, config.keep_last,
-                                        val_loss)
-                    except OSError as err:
-                        failed = (f"cannot write the checkpoint of step {step} in "
-                                  f"{out / 'checkpoints'}: {err.strerror or err}; the ones "
-                                  "written before are intact: make room and run the same "
-                                  "command to resume from the newest")
+                state = {
+                    "scaler": scaler.state_dict(), "step": step, "tokens": tokens,
+                    "skipped_steps": skipped, "rng": rng,
+                    # The batches of step N are a function of (seed, N): the step is the
+                    # data position.
+                    "data": {"seed": config.seed, "next_step": step, "source": config.data},
+                    "config": config.to_dict(), "model_config": model.config.to_dict(),
+                    "tokenizer_sha256": tokenizer.sha256,
+                    "tokenizer_model": tokenizer.model_bytes,
+                }
+                val_loss = evaluation.get("val_loss") if evaluated else None
+                try:
+                    if config.parallel == "fsdp":  # every rank writes its shards
+                        save_sharded_checkpoint(out / "checkpoints", step, state, model,
+                                                optimizer, world.is_main, config.keep_last,
+                                                val_loss)
+                    elif world.is_main:
+                        save_checkpoint(out / "checkpoints", step,
+                                        {"model": model.state_dict(),
+                                         "optimizer": optimizer.state_dict(), **state},
+                                        config.keep_last, val_loss)
+                except OSError as err:
+                    failed = (f"cannot write the checkpoint of step {step} in "
+                              f"{out / 'checkpoints'}: {err.strerror or err}; the ones "
+                              "written before are intact: make room and run the same "
+                              "command to resume from the newest")
                 # The other ranks wait here for rank 0's write, and stop with it if it failed.
-                failed = all_gather(world, failed)[0]
+                failed = next(filter(None, all_gather(world, failed)), None)
                 if failed:
                     raise TrainingError(failed)
             if outcome.stop_votes > 0:
@@ -401,4 +432,21 @@ def _train(config: TrainConfig, tokenizer: Tokenizer, world: World, progress,
     stopped_by = signal.Signals(stop.signum).name if stop.signum is not None else None
     if stopped_by is None and outcome is not None and outcome.stop_votes > 0:
         stopped_by = "SIGTERM"  # another rank was signalled
-    return TrainResult(model.eval(), step, tokens, skipped, evaluation, stopped_by)
+    if config.parallel == "fsdp":
+        model = whole_model(model)
+    return TrainResult(model.eval() if model is not None else None, step, tokens, skipped,
+                       evaluation, stopped_by)
+
+
+def whole_model(model: Gemma3) -> Gemma3 | None:
+    """An FSDP-sharded model's parameters gathered into a plain Gemma3 on rank 0's CPU (None on
+    the other ranks, which take part in the gathering)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    if not state:
+        return None
+    whole = Gemma3(model.config)
+    whole.load_state_dict(state)
+    return whole.train(model.training)
