@@ -1,14 +1,18 @@
 """GPU training speed: hslm's training step on hindi-270m and hindi-1b at context 1,024, with the
 dense-mask attention and with the kernels chosen by case (causal flash SDPA on global layers,
-FlexAttention's block-sparse sliding window on sliding ones), bf16 autocast, DDP across ranks.
+FlexAttention's block-sparse sliding window on sliding ones), bf16 autocast, DDP or FSDP2
+(sharded parameters, gradients and optimizer state; bf16 gathered parameters, fp32 reduction)
+across ranks.
 
 Runs only where CUDA exists (refuses otherwise: exit 2); one process per GPU under torchrun:
 
-    torchrun --nproc-per-node 8 benchmarks/gpu_train.py [--models hindi-270m hindi-1b]
+    torchrun --nproc-per-node 8 benchmarks/gpu_train.py [--models hindi-270m hindi-1b hindi-4b]
+        [--parallel ddp fsdp]
 
-Per model and attention: tokens/s (all ranks), MFU against hslm.train.metrics' peak table,
-peak memory per rank, and the attention kernels the profiler saw on the GPU. Random tokens:
-speed does not depend on the data. Writes benchmarks/results/gpu_train.{json,md}.
+Per model, parallel mode and attention: tokens/s (all ranks), MFU against hslm.train.metrics'
+peak table, peak memory per rank (what FSDP saves), and the attention kernels the profiler saw
+on the GPU. Random tokens: speed does not depend on the data. Writes
+benchmarks/results/gpu_train.{json,md}.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def attention_kernels(step, batch) -> list[str]:
     return sorted(n for n in names if any(part in n.lower() for part in ATTENTION_NAMES))
 
 
-def bench(name: str, attention: str, world, args) -> dict:
+def bench(name: str, parallel: str, attention: str, world, args) -> dict:
     from hslm.config import ModelConfig
     from hslm.model import Gemma3
     from hslm.train.config import TrainConfig
@@ -47,7 +51,8 @@ def bench(name: str, attention: str, world, args) -> dict:
 
     config = ModelConfig.preset(name)
     settings = TrainConfig(model=name, precision="bf16", device="cuda", compile=args.compile,
-                           attention=attention, seq_len=SEQ_LEN, micro_batch=args.micro_batch,
+                           attention=attention, parallel=parallel, seq_len=SEQ_LEN,
+                           micro_batch=args.micro_batch,
                            batch_tokens=args.micro_batch * SEQ_LEN * world.world_size)
     torch.manual_seed(0)
     step = TrainStep(Gemma3(config).to(world.device).train(), settings, world)
@@ -71,7 +76,8 @@ def bench(name: str, attention: str, world, args) -> dict:
     kernels = attention_kernels(step, batch())
     tokens_per_s = settings.batch_tokens / statistics.mean(seconds)
     peak = peak_tflops(world.device, torch.bfloat16)
-    return {"model": name, "attention": attention, "ranks": world.world_size,
+    return {"model": name, "parallel": parallel, "attention": attention,
+            "ranks": world.world_size,
             "gpu": torch.cuda.get_device_name(world.device), "micro_batch": args.micro_batch,
             "seq_len": SEQ_LEN, "compiled": args.compile, "tokens_per_s": tokens_per_s,
             "mfu": flops_per_token(config, SEQ_LEN) * tokens_per_s / (peak * 1e12 * world.world_size)
@@ -87,15 +93,17 @@ def write_report(rows: list[dict]) -> None:
     lines = [
         "# GPU training speed: hslm's TrainStep, bf16, context 1,024",
         "",
-        f"torch {torch.__version__}; {rows[0]['ranks']} × {rows[0]['gpu']}; DDP; MFU against "
+        f"torch {torch.__version__}; {rows[0]['ranks']} × {rows[0]['gpu']}; MFU against "
         f"{rows[0]['peak_tflops']} TFLOPS per GPU (hslm.train.metrics' table); peak memory per rank.",
         "",
-        "| model | attention | batch per GPU | compiled | tokens/s | MFU | peak memory | attention kernels |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | parallel | attention | batch per GPU | compiled | tokens/s | MFU | peak memory "
+        "| attention kernels |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         mfu = f"{100 * row['mfu']:.0f}%" if row["mfu"] is not None else "n/a (GPU not in the table)"
-        lines.append(f"| {row['model']} | {row['attention']} | {row['micro_batch']}×{row['seq_len']} "
+        lines.append(f"| {row['model']} | {row['parallel']} | {row['attention']} "
+                     f"| {row['micro_batch']}×{row['seq_len']} "
                      f"| {'yes' if row['compiled'] else 'no'} | {row['tokens_per_s']:.0f} | {mfu} "
                      f"| {row['peak_memory_gib']:.1f} GiB | {', '.join(row['attention_kernels']) or '-'} |")
     (RESULTS / "gpu_train.md").write_text("\n".join(lines) + "\n")
@@ -106,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["hindi-270m", "hindi-1b"],
                         choices=["hindi-270m", "hindi-1b", "hindi-4b"])
+    parser.add_argument("--parallel", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "fsdp"])
     parser.add_argument("--attention", nargs="+", default=["sdpa-mask", "auto"],
                         choices=["sdpa-mask", "auto", "flex", "sdpa-blocks"])
     parser.add_argument("--micro-batch", type=int, default=8)
@@ -120,8 +129,9 @@ def main() -> None:
 
     from hslm.train import distributed
 
-    world = distributed.setup("cuda")
-    rows = [bench(name, attention, world, args) for name in args.models for attention in args.attention]
+    world = distributed.setup("cuda", parallel="fsdp" if "fsdp" in args.parallel else "ddp")
+    rows = [bench(name, parallel, attention, world, args) for name in args.models
+            for parallel in args.parallel for attention in args.attention]
     if world.is_main:
         write_report(rows)
     distributed.teardown(world)
