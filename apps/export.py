@@ -11,7 +11,8 @@ from pathlib import Path
 
 from hslm.apps.common import UsageError, command, fail, load_model_folder
 
-GGUF_CHOICES = ("f32", "f16", "bf16", "q8_0", "q4", "q4_0", "iq4_nl", "q4_k_m")
+GGUF_CHOICES = ("f32", "f16", "bf16", "q8_0", "q4", "q4_0", "iq4_nl", "q4_k_m", "iq3_s",
+                "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs")
 ONNX_CHOICES = ("fp32", "int8", "int4")
 
 
@@ -23,10 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "inside. f32/f16/bf16 are written directly; q8_0 and the 4-bit types are "
                     "made by llama.cpp's own quantizer. 'q4' is IQ4_NL, the best 4-bit type for "
                     "640-wide rows (K-quants need rows that are multiples of 256 and fall back). "
+                    "--calibration computes an importance matrix on Hindi text (llama.cpp's "
+                    "llama-imatrix, from hslm-native build) that llama-quantize weighs the "
+                    "rounding errors by; the 3- and 2-bit IQ types need it. "
                     "--onnx writes a folder for ONNX Runtime / onnxruntime-genai / "
                     "onnxruntime-web: model.onnx, the tokenizer and genai_config.json; int8 and "
                     "int4 are block-wise weight-only quantizations (MatMulNBits).",
         epilog="examples: hslm-export runs/demo/model --gguf q4 --output runs/demo/model-q4.gguf; "
+               "hslm-export runs/demo/model --gguf iq3_xxs --calibration hindi.txt; "
                "hslm-export runs/demo/model --onnx int4 --output runs/demo/onnx-int4")
     parser.add_argument("model", help="model folder")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -42,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", nargs="+", metavar="TEXT",
                         help="Hindi text files to calibrate 4-bit and lower quantization with "
                              "(GGUF: an importance matrix; ONNX int4: the algorithms that use data)")
+    parser.add_argument("--imatrix-out", metavar="PATH",
+                        help="GGUF: keep the importance matrix computed from --calibration here")
+    parser.add_argument("--imatrix", metavar="PATH",
+                        help="GGUF: quantize with this importance matrix (llama.cpp's format, "
+                             "e.g. from --imatrix-out) instead of computing one")
     parser.add_argument("--threads", type=int, default=0, help="quantizer threads (0 = all)")
     parser.add_argument("--ollama", action="store_true",
                         help="also write an Ollama Modelfile (chat template, stop tokens, "
@@ -50,17 +60,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def export_gguf(args) -> None:
+    calibration = gguf_calibration(args)
     model, tokenizer = load_model_folder(args.model)
-    output = write_gguf_file(args, model, tokenizer)
+    output = write_gguf_file(args, model, tokenizer, calibration)
     if args.ollama:
         from hslm.export.ollama import write_modelfile
 
         print(f"wrote {write_modelfile(output, model.config.context_length)}")
 
 
-def write_gguf_file(args, model, tokenizer) -> Path:
+def gguf_calibration(args) -> str | None:
+    """The normalised calibration text of a GGUF export (None without --calibration), after
+    every check that needs no model: a type that uses an importance matrix, the programs
+    built, the files readable."""
+    from hslm import native
+    from hslm.quant.imatrix import PROGRAMS, calibration_text
+    from hslm.quant.llama_cpp import (ALIASES, IGNORES_IMATRIX, NEEDS_IMATRIX, QUANT_TYPES,
+                                      QuantizeError)
+
+    name = ALIASES.get(args.gguf, args.gguf)
+    if args.calibration and args.imatrix:
+        raise UsageError("give --calibration (compute an importance matrix) or --imatrix (use "
+                         "one), not both")
+    if args.imatrix_out and not args.calibration:
+        raise UsageError("--imatrix-out keeps the importance matrix computed from "
+                         "--calibration TEXT...: give the calibration text")
+    if not (args.calibration or args.imatrix):
+        if name in NEEDS_IMATRIX:
+            raise UsageError(f"{args.gguf} needs an importance matrix: give --calibration "
+                             "TEXT... (Hindi text files) or --imatrix FILE")
+        return None
+    if name not in QUANT_TYPES or name in IGNORES_IMATRIX:
+        raise UsageError(f"{args.gguf} does not use an importance matrix: --calibration and "
+                         "--imatrix are for the 4-, 3- and 2-bit types")
+    if args.imatrix and not Path(args.imatrix).is_file():
+        raise UsageError(f"importance matrix not found: {args.imatrix}")
+    if native.programs(needed=PROGRAMS) is None:
+        raise UsageError("an importance matrix needs llama.cpp's llama-imatrix and "
+                         "llama-quantize: build them with hslm-native build")
+    if args.imatrix:
+        return None
+    try:
+        return calibration_text(args.calibration)
+    except QuantizeError as err:
+        raise UsageError(str(err)) from None
+
+
+def write_gguf_file(args, model, tokenizer, calibration: str | None = None) -> Path:
     from hslm.export.gguf import FILE_TYPES, GGUFExportError, write_gguf
-    from hslm.quant.llama_cpp import QuantizeError, quantize_gguf
+    from hslm.quant.imatrix import compute_imatrix
+    from hslm.quant.llama_cpp import LOW_BIT_TYPES, QuantizeError, quantize_gguf
 
     output = Path(args.output or Path(args.model) / f"model-{args.gguf}.gguf")
     name = Path(args.model).resolve().name
@@ -73,14 +122,34 @@ def write_gguf_file(args, model, tokenizer) -> Path:
             raise UsageError(f"output folder does not exist: {output.parent}")
         with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
             source = write_gguf(model, tokenizer, Path(scratch) / "model-f32.gguf", "f32", name=name)
-            report = quantize_gguf(source, output, args.gguf, args.embedding_type, args.threads)
+            imatrix = args.imatrix
+            if calibration is not None:
+                context = model.config.context_length
+                print(f"computing an importance matrix on {len(calibration):,} characters of "
+                      f"calibration text (llama-imatrix, chunks of {context} tokens)...",
+                      file=sys.stderr, flush=True)
+                imatrix = compute_imatrix(source, calibration,
+                                          args.imatrix_out or Path(scratch) / "imatrix.gguf",
+                                          context, args.threads, say=progress)
+                if args.imatrix_out:
+                    print(f"wrote {imatrix} (importance matrix)", file=sys.stderr)
+            report = quantize_gguf(source, output, args.gguf, args.embedding_type, args.threads,
+                                   imatrix=imatrix, say=progress)
     except (GGUFExportError, QuantizeError) as err:
         raise UsageError(str(err)) from None
     print(f"wrote {report.summary()} ({output.stat().st_size / 1e6:.1f} MB)")
-    if report.fallbacks:
+    if report.fallbacks and report.requested in LOW_BIT_TYPES:
+        print(f"note: {len(report.fallbacks)} tensor(s) use other types than {report.requested}: "
+              "llama.cpp's mix for the type, and IQ4_NL where rows are not multiples of 256 "
+              "(every matrix reading the hidden state)", file=sys.stderr)
+    elif report.fallbacks:
         print(f"warning: {len(report.fallbacks)} tensor(s) could not use {report.requested} and "
               "fell back to other types; q4 (IQ4_NL) applies everywhere", file=sys.stderr)
     return output
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def export_onnx_folder(args) -> None:
