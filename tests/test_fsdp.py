@@ -4,6 +4,11 @@ and the model folder equal to the gathered shards."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
 import random
 import shutil
 import signal
@@ -14,8 +19,13 @@ import pytest
 import torch
 
 import test_train_processes as processes  # the launch helpers (imported whole: no test re-run)
+from hslm.config import ModelConfig
 from hslm.loader import load_torch_model
+from hslm.model import Gemma3
+from hslm.train import distributed
 from hslm.train.checkpoint import CheckpointError, load_checkpoint, load_latest
+from hslm.train.config import TrainConfig
+from hslm.train.loop import TrainStep
 
 STEPS = 10
 COMMON = {"steps": STEPS, "checkpoint_every": 1, "eval_every": 5, "keep_last": 2,
@@ -131,3 +141,89 @@ def test_a_corrupted_shard_is_refused_in_one_line(runs, tmp_path):
     (newest / "manifest.json").unlink()  # a folder without its manifest is no checkpoint
     with pytest.raises(CheckpointError, match="no manifest.json"):
         load_checkpoint(newest)
+
+
+class RunsACommand:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_crafted_dcp_index_is_refused_before_it_runs(runs, tmp_path):
+    """DCP unpickles its .metadata with plain pickle: hslm reads it first with an unpickler that
+    knows DCP's metadata classes only. The manifest is rewritten to match, as an attacker would."""
+    newest = runs / "fsdp" / "checkpoints" / f"step_{STEPS:06d}.dcp"
+    index = pickle.loads((newest / ".metadata").read_bytes())
+    key, info = next(iter(index.storage_data.items()))
+    index.storage_data[key] = dataclasses.replace(info, relative_path="../../state.pt")
+    crafted = {"code": pickle.dumps(RunsACommand(f"touch {tmp_path / 'ran'}")),
+               "path": pickle.dumps(index)}
+    refusals = {}
+    for name, data in crafted.items():
+        folder = tmp_path / name / newest.name
+        shutil.copytree(newest, folder)
+        (folder / ".metadata").write_bytes(data)
+        manifest = {file.name: hashlib.sha256(file.read_bytes()).hexdigest()
+                    for file in folder.iterdir() if file.name != "manifest.json"}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(CheckpointError) as refused:
+            load_checkpoint(folder)
+        refusals[name] = str(refused.value)
+        assert refusals[name].startswith(f"refusing {folder}: its .metadata")
+    assert "(it names posix.system)" in refusals["code"]
+    assert refusals["path"].endswith("names shards outside the folder: ['../../state.pt']")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_bf16_gathers_bf16_parameters_from_fp32_shards():
+    """One rank in this process: the mixed-precision policy casts what a block computes with,
+    not the shards the optimizer updates; the loss is the autocast step's to bf16 precision."""
+    torch.manual_seed(0)
+    model = Gemma3(ModelConfig.preset("tiny", vocab_size=300))
+    reference = Gemma3(model.config)
+    reference.load_state_dict(model.state_dict())
+    rows = torch.randint(3, 300, (4, 33), generator=torch.Generator().manual_seed(0))
+    batch = [(rows[:, :-1], rows[:, 1:])]
+    settings = {"precision": "bf16", "device": "cpu", "seq_len": 32, "micro_batch": 4}
+    world = distributed.setup("cpu", parallel="fsdp")
+    try:
+        fsdp = TrainStep(model, TrainConfig(parallel="fsdp", **settings), world)
+        computed_with = set()
+        model.layers[0].register_forward_pre_hook(
+            lambda block, args: computed_with.update(p.dtype for p in block.parameters()))
+        sharded = fsdp(batch, lr=1e-3)
+        plain = TrainStep(reference, TrainConfig(**settings), world)(batch, lr=1e-3)
+    finally:
+        distributed.teardown(world)
+    assert computed_with == {torch.bfloat16}
+    assert {(type(p).__name__, p.dtype) for p in model.parameters()} == {("DTensor", torch.float32)}
+    assert sharded.applied and sharded.loss == pytest.approx(plain.loss, abs=2e-2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["parallel=zero"], "parallel must be one of ('ddp', 'fsdp')"),
+    (["parallel=fsdp", "precision=fp16"], "parallel=fsdp trains in bf16 or fp32"),
+])
+def test_fsdp_settings_refused_in_one_line(shard_dir, trained_tokenizer_dir, tmp_path, capsys,
+                                           argv, message):
+    from hslm.apps.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(processes.run_args(shard_dir, trained_tokenizer_dir, tmp_path) + argv)
+    errors = processes.error_lines(capsys.readouterr().err)
+    assert exit_info.value.code == 2 and len(errors) == 1 and message in errors[0]
+
+
+def test_fsdp_does_not_continue_a_ddp_checkpoint(runs, shard_dir, trained_tokenizer_dir,
+                                                 tmp_path, capsys):
+    from hslm.apps.train import main
+
+    shutil.copytree(runs / "ddp" / "checkpoints", tmp_path / "checkpoints")
+    with pytest.raises(SystemExit) as exit_info:
+        main(processes.run_args(shard_dir, trained_tokenizer_dir, tmp_path, parallel="fsdp",
+                                resume="force", **COMMON))
+    errors = processes.error_lines(capsys.readouterr().err)
+    assert exit_info.value.code == 2 and len(errors) == 1
+    assert "is a DDP one (.pt): parallel=fsdp continues sharded checkpoints (.dcp) only" in errors[0]

@@ -15,9 +15,11 @@ FSDP runs write sharded checkpoints, folders `step_000100.dcp`: every rank write
 of the model and optimizer state through torch.distributed.checkpoint (DCP) into
 `step_000100.dcp.tmp`; rank 0 adds `state.pt` (everything else, as in a `.pt` checkpoint) and
 `manifest.json` (the sha256 of every file), fsyncs and renames the folder. A folder whose files
-do not match its manifest exactly is incomplete or corrupted. DCP holds tensors only (its
-`.metadata` index is read by DCP's own unpickler, after the checksums), and reshards on load:
-a checkpoint of N ranks resumes on any number of ranks, or loads in one process.
+do not match its manifest exactly is incomplete or corrupted. DCP holds tensors only, and
+reshards on load: a checkpoint of N ranks resumes on any number of ranks, or loads in one
+process. DCP reads its index, `.metadata`, with plain pickle: before it does, the index is
+read here by an unpickler that knows DCP's metadata classes only, and every shard it names
+must be a file of the folder, so a crafted index is refused before anything in it runs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ PATTERN = "step_*"
 NAME = re.compile(r"step_(\d+)\.(pt|dcp)")
 BEST = "best.json"
 MANIFEST = "manifest.json"
+DCP_INDEX = ".metadata"
 SHARDED_STATE = "state.pt"  # in a .dcp folder: all but the model's and optimizer's tensors
 
 
@@ -113,13 +116,13 @@ def _sharded_tensors(model, optimizer=None) -> tuple[dict, dict | None]:
 def load_sharded(path: str | Path, model, optimizer=None) -> None:
     """Load a .dcp checkpoint's weights (and optimizer state) into `model` (and `optimizer`),
     resharded to however `model` is split now (over any number of ranks, or none)."""
-    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     tensors, optimizer_state = _sharded_tensors(model, optimizer)
-    # into the tensors of `tensors`, in place; without a process group, by this process alone
-    dcp.load(tensors, checkpoint_id=path, no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():  # without a process group DCP loads in this process alone
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(tensors, checkpoint_id=path)  # into the tensors of `tensors`, in place
     if optimizer is None:
         set_model_state_dict(model, tensors["model"])
     else:
@@ -242,6 +245,46 @@ def _load(path: Path) -> dict:
     return state
 
 
+# Globals a DCP index may name besides the classes of torch.distributed.checkpoint.metadata and
+# torch's dtypes (all data, constructed without running anything else).
+INDEX_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+                 ("torch.serialization", "_get_layout"), ("torch", "Size"),
+                 ("pathlib", "PosixPath")}
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """Constructs DCP's metadata (dataclasses, sizes, dtypes, layouts, paths), nothing else."""
+
+    def find_class(self, module: str, name: str):
+        import torch.distributed.checkpoint.metadata as dcp_metadata
+
+        if (module, name) in INDEX_GLOBALS \
+                or module == dcp_metadata.__name__ \
+                and isinstance(getattr(dcp_metadata, name, None), type) \
+                or module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}")
+
+
+def _check_index(path: Path) -> None:
+    """Refuse a .dcp folder whose index holds other objects than DCP's metadata or names shard
+    files that are not files of the folder."""
+    try:
+        with open(path / DCP_INDEX, "rb") as file:
+            index = _IndexUnpickler(file).load()
+        names = {info.relative_path for info in index.storage_data.values()}
+    except (pickle.UnpicklingError, AttributeError, EOFError, OSError, TypeError,
+            ValueError) as err:
+        detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CheckpointError(f"refusing {path}: its {DCP_INDEX} is not DCP's metadata alone "
+                              f"({detail})") from None
+    outside = sorted(str(name) for name in names if not isinstance(name, str)
+                     or Path(name).name != name or not (path / name).is_file())
+    if outside:
+        raise CheckpointError(f"refusing {path}: its {DCP_INDEX} names shards outside the "
+                              f"folder: {outside[:3]}")
+
+
 def load_latest(folder: Path) -> dict | None:
     """The newest valid checkpoint's state, or None when there is none. Raises CheckpointError
     for a complete checkpoint that is refused (see `_load`). The state of a .dcp checkpoint
@@ -257,6 +300,7 @@ def load_latest(folder: Path) -> dict | None:
 def _load_any(path: Path) -> dict:
     if not path.is_dir():
         return _load(path)
+    _check_index(path)
     state = _load(path / SHARDED_STATE)
     state["sharded"] = str(path)
     return state
