@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", nargs="+", metavar="TEXT",
                         help="Hindi text files to calibrate 4-bit and lower quantization with "
                              "(GGUF: an importance matrix; ONNX int4: the algorithms that use data)")
+    parser.add_argument("--algorithm", metavar="NAME",
+                        help="ONNX int4: how the 4-bit values are chosen: rtn (default), "
+                             "rtn-asym, hqq, k_quant, gptq (needs --calibration)")
+    parser.add_argument("--block-size", type=int, metavar="N",
+                        help="ONNX int4/int8: weights per scale, 16, 32 (default), 64 or 128")
     parser.add_argument("--imatrix-out", metavar="PATH",
                         help="GGUF: keep the importance matrix computed from --calibration here")
     parser.add_argument("--imatrix", metavar="PATH",
@@ -163,6 +168,7 @@ def export_onnx_folder(args) -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise UsageError(f"cannot write the folder {output}: {existing} is not a writable folder")
     model, tokenizer = load_model_folder(args.model)
+    options = onnx_quantize_options(args, tokenizer, model.config)
     print(f"exporting {args.model} to ONNX ({model.num_parameters() / 1e6:.0f}M parameters; "
           "about a minute for hindi-270m)...", file=sys.stderr, flush=True)
     try:
@@ -173,10 +179,38 @@ def export_onnx_folder(args) -> None:
             with tempfile.TemporaryDirectory(dir=output) as scratch:
                 export_onnx(model, tokenizer, scratch)
                 print(f"quantizing to {args.onnx}...", file=sys.stderr, flush=True)
-                path = quantize_onnx_folder(scratch, output, args.onnx)
+                path = quantize_onnx_folder(scratch, output, options)
     except (OnnxExportError, OnnxQuantizeError) as err:
         raise UsageError(str(err)) from None
-    print(f"wrote {output} ({args.onnx}, {path.stat().st_size / 1e6:.1f} MB)")
+    method = f", {options.description}" if options else ""
+    print(f"wrote {output} ({args.onnx}{method}, {path.stat().st_size / 1e6:.1f} MB)")
+
+
+def onnx_quantize_options(args, tokenizer, config):
+    """The checked QuantizeOptions of an int8/int4 export (None for fp32), before anything is
+    exported."""
+    from hslm.quant.onnx import (ALGORITHM, BLOCK_SIZE, OnnxQuantizeError, QuantizeOptions,
+                                 calibration_windows)
+
+    asked = [flag for flag, value in (("--algorithm", args.algorithm),
+                                      ("--block-size", args.block_size),
+                                      ("--calibration", args.calibration)) if value is not None]
+    if args.onnx == "fp32":
+        if asked:
+            raise UsageError(f"{', '.join(asked)}: fp32 is not quantized (use --onnx int4)")
+        return None
+    algorithm = args.algorithm or ALGORITHM
+    if args.calibration and algorithm != "gptq":
+        raise UsageError(f"--calibration is used by --algorithm gptq only, not {algorithm}")
+    try:
+        calibration = calibration_windows(tokenizer, args.calibration, config.context_length) \
+            if args.calibration else ()
+        options = QuantizeOptions(args.onnx, algorithm, args.block_size or BLOCK_SIZE,
+                                  calibration)
+        options.check(config)
+    except OnnxQuantizeError as err:
+        raise UsageError(str(err)) from None
+    return options
 
 
 @command
@@ -185,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.onnx:
             export_onnx_folder(args)
+        elif args.algorithm or args.block_size:
+            raise UsageError("--algorithm and --block-size are for --onnx int4/int8")
         else:
             export_gguf(args)
     except UsageError as err:

@@ -1,9 +1,15 @@
 """Weight-only quantization of hslm's ONNX graphs for the CPU, then ONNX Runtime's fusions.
 
-- int4: every MatMul (attention, FFN and the output head) as `MatMulNBits`, 4 bits, blocks of
-  32, symmetric; the embedding as `GatherBlockQuantized` with the same blocks.
-- int8: the MatMuls with 8 bits (GatherBlockQuantized has no 8-bit form: the embedding
-  stays fp32).
+- int4: every MatMul (attention, FFN and the output head) as `MatMulNBits`, 4 bits, in blocks
+  of 16, 32, 64 or 128 along the input dimension; the embedding as `GatherBlockQuantized` with
+  the same blocks. How the 4-bit values are chosen is one of ONNX Runtime's own quantizers
+  (`ALGORITHMS`): round-to-nearest symmetric or with zero points, HQQ, llama.cpp's k-quant
+  search, or GPTQ on calibration text run through the graph itself. All of them are in
+  onnxruntime (its copy of Intel Neural Compressor's RTN/k-quant/GPTQ code; HQQ uses torch):
+  no other package. The embedding is round-to-nearest (HQQ/GPTQ have no Gather form), with
+  zero points when the algorithm has them.
+- int8: the MatMuls with 8 bits, round-to-nearest symmetric (GatherBlockQuantized has no
+  8-bit form: the embedding stays fp32).
 
 `accuracy_level=4` lets the CPU kernels compute in int8 (int8 MatMulNBits at the default
 level is 30x slower). A tied output head is `MatMul(x, Transpose(embedding))` in the graph,
@@ -17,19 +23,37 @@ fp32. Attention is already ONNX Runtime's fused operator in the exported graph.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from hslm.export.onnx import MODEL_FILE
+from hslm.config import ModelConfig
+from hslm.export.onnx import MODEL_FILE, io_names
 from hslm.runtime.onnx import OnnxLoadError, read_config
 
 BITS = {"int8": 8, "int4": 4}
+BLOCK_SIZES = (16, 32, 64, 128)  # MatMulNBits' and GatherBlockQuantized's CPU kernels
 BLOCK_SIZE = 32
+# int4 algorithm -> (what it is, has zero points). nvidia_awq is left out: it needs NVIDIA's
+# modelopt and downloads its own calibration set.
+ALGORITHMS = {
+    "rtn": ("round to nearest, symmetric", False),
+    "rtn-asym": ("round to nearest with a zero point per block", True),
+    "hqq": ("half-quadratic: zero points optimised per block, no data", True),
+    "k_quant": ("llama.cpp's search for each block's scale and minimum, no data", True),
+    "gptq": ("GPTQ on Hindi calibration text (--calibration), zero points", True),
+}
+ALGORITHM = "rtn"
+CALIBRATION_WINDOWS = 16
+CALIBRATION_CONTEXT = 512  # tokens per calibration window at most
 ACCURACY_LEVEL = 4  # int8 compute in MatMulNBits on CPU
 UNTIED_HEAD = "lm_head.weight.transposed"
 # Loggers that report every pass at INFO level, with stack traces.
@@ -40,9 +64,87 @@ class OnnxQuantizeError(ValueError):
     """A quantization that cannot be done as asked (message says why)."""
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in BITS:
-        raise OnnxQuantizeError(f"unknown ONNX quantization {kind!r}; choose one of {', '.join(BITS)}")
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How to quantize: the type, and for int4 the algorithm and its calibration windows
+    (token ids; GPTQ only)."""
+    kind: str
+    algorithm: str = ALGORITHM
+    block_size: int = BLOCK_SIZE
+    calibration: tuple[tuple[int, ...], ...] = ()
+
+    def check(self, config: ModelConfig | None = None) -> None:
+        """Raises OnnxQuantizeError for options that cannot work (on `config`'s shapes)."""
+        if self.kind not in BITS:
+            raise OnnxQuantizeError(f"unknown ONNX quantization {self.kind!r}; choose one of "
+                                    f"{', '.join(BITS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise OnnxQuantizeError(f"unknown int4 algorithm {self.algorithm!r}; choose one of "
+                                    f"{', '.join(ALGORITHMS)}")
+        if self.kind != "int4" and self.algorithm != "rtn":
+            raise OnnxQuantizeError(f"{self.kind} is round-to-nearest only; the algorithms are "
+                                    "for int4")
+        if self.block_size not in BLOCK_SIZES:
+            raise OnnxQuantizeError(f"block size {self.block_size} is not one of "
+                                    f"{', '.join(map(str, BLOCK_SIZES))}")
+        if self.algorithm == "gptq" and not self.calibration:
+            raise OnnxQuantizeError("gptq needs calibration text: give --calibration FILE...")
+        # onnxruntime's k-quant/GPTQ code packs two zero points a byte across a column's
+        # blocks and fails when a column has an odd number of blocks.
+        if config is not None and self.algorithm in ("k_quant", "gptq"):
+            rows = {config.hidden_size, config.ffn_size, config.n_heads * config.head_dim}
+            odd = sorted(k for k in rows if -(-k // self.block_size) % 2)
+            if odd:
+                raise OnnxQuantizeError(
+                    f"{self.algorithm} needs an even number of blocks along each weight's "
+                    f"inputs (onnxruntime's zero-point packing), and {odd[0]} inputs make "
+                    f"{-(-odd[0] // self.block_size)} blocks of {self.block_size}: choose "
+                    f"another block size")
+
+    @property
+    def description(self) -> str:
+        name = self.algorithm if self.kind == "int4" else "rtn"
+        return f"{name}, block {self.block_size}"
+
+
+def calibration_windows(tokenizer, paths: Sequence[str | Path], context_length: int,
+                        count: int = CALIBRATION_WINDOWS) -> tuple[tuple[int, ...], ...]:
+    """Up to `count` windows of <bos> + text ids, each min(context_length, CALIBRATION_CONTEXT)
+    long, from the files' normalised text (the GGUF importance matrix reads it the same way)."""
+    from hslm.parity import ParityError, validation_windows
+    from hslm.quant.imatrix import calibration_text
+    from hslm.quant.llama_cpp import QuantizeError
+
+    try:
+        windows = validation_windows(tokenizer, [calibration_text(paths)],
+                                     min(context_length, CALIBRATION_CONTEXT), count)
+    except QuantizeError as err:
+        raise OnnxQuantizeError(str(err)) from None
+    except ParityError as err:
+        raise OnnxQuantizeError(f"calibration text: {err}") from None
+    return tuple(tuple(window) for window in windows)
+
+
+def _calibration_reader(windows, config):
+    """ONNX Runtime's calibration data reader over full feeds of the graph (empty past)."""
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    past = np.zeros((1, config.n_kv_heads, 0, config.head_dim), np.float32)
+    pasts = dict.fromkeys(io_names(config.n_layers)[0][3:], past)
+
+    class Windows(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = [{"input_ids": np.array([w], np.int64),
+                           "attention_mask": np.ones((1, len(w)), np.int64),
+                           "position_ids": np.arange(len(w), dtype=np.int64)[None],
+                           **pasts} for w in windows]
+            self.position = 0
+
+        def get_next(self):
+            self.position += 1
+            return self.feeds[self.position - 1] if self.position <= len(self.feeds) else None
+
+    return Windows()
 
 
 def untie_output_head(model: onnx.ModelProto) -> bool:
@@ -102,31 +204,70 @@ def merge_sibling_matmuls(model: onnx.ModelProto) -> int:
     return merged
 
 
-def quantize_model(model: onnx.ModelProto, kind: str, context_length: int) -> onnx.ModelProto:
-    """The quantized and fused graph of a model with `context_length` positions;
-    metadata_props are kept."""
+def quantize_model(model: onnx.ModelProto, options: QuantizeOptions,
+                   config: ModelConfig) -> onnx.ModelProto:
+    """The quantized and fused graph of `model` (of `config`); metadata_props are kept."""
     import onnx_ir as ir
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer)
 
-    _check_kind(kind)
-    for name in CHATTY_LOGGERS:
+    options.check(config)
+    for name in CHATTY_LOGGERS + ("neural_compressor",):
         logging.getLogger(name).setLevel(logging.ERROR)
     metadata = {p.key: p.value for p in model.metadata_props}
     untie_output_head(model)
     merge_sibling_matmuls(model)
-    op_types = ("MatMul", "Gather") if BITS[kind] == 4 else ("MatMul",)
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=ACCURACY_LEVEL, bits=BITS[kind],
-        op_types_to_quantize=op_types, quant_axes=(("MatMul", 0), ("Gather", 1)))
-    quantizer = MatMulNBitsQuantizer(model, bits=BITS[kind], block_size=BLOCK_SIZE,
-                                     is_symmetric=True, accuracy_level=ACCURACY_LEVEL,
-                                     algo_config=config)
-    quantizer.process()
-    fused = fuse_for_ort(ir.serde.deserialize_model(quantizer.model.model), context_length)
+    model = _quantize_weights(model, options, config)
+    for node in model.graph.node:  # HQQ's MatMulNBits come without it
+        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level"
+                                                     for a in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", ACCURACY_LEVEL))
+    fused = fuse_for_ort(ir.serde.deserialize_model(model), config.context_length)
     result = ir.serde.serialize_model(fused)
-    onnx.helper.set_model_props(result, {**metadata, "hslm.quantization": kind})
+    onnx.helper.set_model_props(result, {**metadata, "hslm.quantization": options.kind,
+                                         "hslm.quantization_method": options.description})
     return result
+
+
+def _quantize_weights(model: onnx.ModelProto, options: QuantizeOptions,
+                      config: ModelConfig) -> onnx.ModelProto:
+    """The MatMuls (and for int4 the embedding's Gather) replaced by ONNX Runtime's quantizer."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    bits, block = BITS[options.kind], options.block_size
+    symmetric = options.kind == "int8" or not ALGORITHMS[options.algorithm][1]
+
+    def run(model, algorithm):
+        quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=block,
+                                               is_symmetric=symmetric,
+                                               accuracy_level=ACCURACY_LEVEL, algo_config=algorithm)
+        with contextlib.redirect_stdout(sys.stderr):  # the k-quant/GPTQ code's progress bar
+            quantizer.process()
+        return quantizer.model.model
+
+    def round_to_nearest(op_types):
+        return nbits.DefaultWeightOnlyQuantConfig(
+            block_size=block, is_symmetric=symmetric, accuracy_level=ACCURACY_LEVEL, bits=bits,
+            op_types_to_quantize=op_types, quant_axes=(("MatMul", 0), ("Gather", 1)))
+
+    if options.kind == "int8":
+        return run(model, round_to_nearest(("MatMul",)))
+    if options.algorithm in ("rtn", "rtn-asym"):
+        return run(model, round_to_nearest(("MatMul", "Gather")))
+    # The k-quant and GPTQ code orders and configures nodes by name.
+    seen = set()
+    for number, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_hslm_{number}"
+        seen.add(node.name)
+    if options.algorithm == "hqq":
+        matmuls = nbits.HQQWeightOnlyQuantConfig(block_size=block, bits=4,
+                                                 op_types_to_quantize=("MatMul",))
+    elif options.algorithm == "k_quant":
+        matmuls = nbits.KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+    else:
+        matmuls = nbits.GPTQWeightOnlyQuantConfig(
+            calibration_data_reader=_calibration_reader(options.calibration, config),
+            op_types_to_quantize=("MatMul",))
+    return run(run(model, matmuls), round_to_nearest(("Gather",)))
 
 
 def fuse_for_ort(model, context_length: int):
@@ -157,19 +298,22 @@ def fuse_for_ort(model, context_length: int):
     return model
 
 
-def quantize_onnx_folder(source: str | Path, output: str | Path, kind: str) -> Path:
+def quantize_onnx_folder(source: str | Path, output: str | Path,
+                         options: QuantizeOptions | str) -> Path:
     """Quantize the fp32 folder `source` (from `hslm.export.onnx`) into the folder `output`,
-    with the same tokenizer and genai_config.json; returns the graph's path."""
+    with the same tokenizer and genai_config.json; `options` may be just the type (its
+    defaults). Returns the graph's path."""
     source, output = Path(source), Path(output)
+    options = QuantizeOptions(options) if isinstance(options, str) else options
     if not (source / MODEL_FILE).is_file():
         raise OnnxQuantizeError(f"no {MODEL_FILE} in {source}")
-    _check_kind(kind)
+    options.check()
     graph = onnx.load(source / MODEL_FILE)
     try:
         config = read_config({p.key: p.value for p in graph.metadata_props}, source / MODEL_FILE)
     except OnnxLoadError as err:
         raise OnnxQuantizeError(str(err)) from None
-    quantized = quantize_model(graph, kind, config.context_length)
+    quantized = quantize_model(graph, options, config)
     output.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.name != MODEL_FILE and item.is_file():
