@@ -10,6 +10,7 @@ from typing import Any
 from hslm.config import ConfigError
 from hslm.configfile import load_dataclass
 from hslm.model import ATTENTION_KERNELS
+from hslm.train.qat import QAT_TARGETS
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 TASKS = ("pretrain", "sft")
@@ -78,6 +79,11 @@ class TrainConfig:
     resume: str = "auto"
     # Seconds a rank waits for the others at a collective before the run stops (DDP).
     collective_timeout: int = 300
+    # Quantization-aware training, a fine-tuning phase from init_from: the weights the chosen
+    # 4-bit export stores in 4 bits (GGUF q4_0 / iq4_nl, or onnx-int4) are fake-quantized on
+    # that exporter's grid in the forward (straight-through gradient), and the final model's
+    # weights are put on the grid (hslm/train/qat.py)
+    qat: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("steps", "seq_len", "batch_tokens", "micro_batch", "log_every",
@@ -110,6 +116,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
         if self.eval_samples < 0 or self.peak_tflops < 0:
             raise ConfigError("eval_samples and peak_tflops must be >= 0")
+        if self.qat not in QAT_TARGETS:
+            raise ConfigError(f"qat must be one of {QAT_TARGETS}, got {self.qat!r}")
+        if self.qat != "none" and not self.init_from:
+            raise ConfigError(f"qat={self.qat} fine-tunes a trained model: set init_from=MODEL")
 
     def fit_batch(self, world_size: int) -> tuple[int, int]:
         """(micro-steps per optimizer step, global batch in tokens): the multiple of micro_batch

@@ -36,6 +36,7 @@ from hslm.train.evaluate import evaluate, sample_generations, token_byte_lengths
 from hslm.train.lock import LockError, RunLock
 from hslm.train.loss import IGNORE, LanguageModelLoss
 from hslm.train.metrics import MetricsLog, flops_per_token, peak_tflops
+from hslm.train.qat import QATError, qat_plan, snap_to_grids, start_fake_quantization
 from hslm.train.sft import ConversationSet, SFTDataError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -313,6 +314,13 @@ def _train(config: TrainConfig, tokenizer: Tokenizer, world: World, progress,
     if config.seq_len > model.config.context_length:
         raise TrainingError(f"seq_len {config.seq_len} exceeds the model's context "
                             f"{model.config.context_length}")
+    qat_grids = {}  # parameter name -> the 4-bit grid it is fake-quantized on
+    if config.qat != "none":
+        try:
+            qat_grids = qat_plan(model, config.qat, tokenizer)
+        except QATError as err:
+            raise TrainingError(str(err)) from None
+        start_fake_quantization(model, qat_grids)
     step_once = TrainStep(model, config, world)
     optimizer, scaler = step_once.optimizer, step_once.scaler
     step = tokens = skipped = 0
@@ -434,6 +442,8 @@ def _train(config: TrainConfig, tokenizer: Tokenizer, world: World, progress,
         stopped_by = "SIGTERM"  # another rank was signalled
     if config.parallel == "fsdp":
         model = whole_model(model)
+    if qat_grids and model is not None:
+        snap_to_grids(model, qat_grids)
     return TrainResult(model.eval() if model is not None else None, step, tokens, skipped,
                        evaluation, stopped_by)
 
