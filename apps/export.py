@@ -133,7 +133,7 @@ def write_gguf_file(args, model, tokenizer, calibration: str | None = None) -> P
                 print(f"computing an importance matrix on {len(calibration):,} characters of "
                       f"calibration text (llama-imatrix, chunks of {context} tokens)...",
                       file=sys.stderr, flush=True)
-                imatrix = compute_imatrix(source, calibration,
+                imatrix = compute_imatrix(source, calibration, tokenizer,
                                           args.imatrix_out or Path(scratch) / "imatrix.gguf",
                                           context, args.threads, say=progress)
                 if args.imatrix_out:

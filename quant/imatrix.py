@@ -65,8 +65,8 @@ def run_program(program: str, args: Sequence[str], say: Callable[[str], None],
         if shown:
             say(shown)
     if process.wait() != 0:
-        reasons = [t for t in tail if "error" in t.lower() or "failed" in t.lower()
-                   or "you need" in t] or tail[-1:] or ["(no output)"]
+        reasons = [t for t in tail if "error" in t.lower() or "failed" in t.lower()] \
+            or tail[-1:] or [f"exit status {process.returncode}, no message"]
         raise QuantizeError(f"{program} failed: {' '.join(r.strip() for r in reasons)[-400:]}")
 
 
@@ -78,28 +78,27 @@ def _imatrix_progress(line: str) -> str | None:
     return None
 
 
-def compute_imatrix(model_gguf: str | Path, text: str, output: str | Path, context: int,
-                    threads: int = 0, say: Callable[[str], None] = print) -> Path:
+def compute_imatrix(model_gguf: str | Path, text: str, tokenizer, output: str | Path,
+                    context: int, threads: int = 0, say: Callable[[str], None] = print) -> Path:
     """llama-imatrix over `text` (already normalised: `calibration_text`) in chunks of
     `context` tokens, written to `output` in llama.cpp's imatrix format. The text must hold at
-    least two chunks."""
+    least two chunks of the model's `tokenizer`'s tokens (llama.cpp's tokenizer gives the same
+    ids, and llama-imatrix exits without a word when they are too few)."""
     output = Path(output)
     if not output.parent.is_dir():
         raise QuantizeError(f"folder for the importance matrix does not exist: {output.parent}")
+    tokens = len(tokenizer.encode(text, add_bos=True))
+    if tokens < 2 * context:
+        raise QuantizeError(f"the calibration text is too short: {tokens} tokens, and "
+                            f"llama-imatrix needs at least two chunks of the model's "
+                            f"{context}-token context ({2 * context}); give more text")
     with tempfile.TemporaryDirectory(prefix="calibration-", dir=output.parent) as scratch:
         text_file = Path(scratch) / "calibration.txt"
         text_file.write_text(text, "utf-8")
         args = ["-m", str(model_gguf), "-f", str(text_file), "-o", str(output),
                 "--output-format", "gguf", "-c", str(context), "-b", str(context), "--no-ppl",
                 *AS_HSLM, *(["-t", str(threads)] if threads else [])]
-        try:
-            run_program("llama-imatrix", args, say, _imatrix_progress)
-        except QuantizeError as err:
-            if "you need at least" in str(err):
-                raise QuantizeError(f"the calibration text is too short: llama-imatrix needs at "
-                                    f"least two chunks of the model's {context}-token context "
-                                    f"({2 * context} tokens); give more text") from None
-            raise
+        run_program("llama-imatrix", args, say, _imatrix_progress)
     if not output.is_file():
         raise QuantizeError(f"llama-imatrix wrote no importance matrix to {output}")
     return output
