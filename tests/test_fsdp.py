@@ -28,8 +28,9 @@ from hslm.train.config import TrainConfig
 from hslm.train.loop import TrainStep
 
 STEPS = 10
-COMMON = {"steps": STEPS, "checkpoint_every": 1, "eval_every": 5, "keep_last": 2,
-          "precision": "fp32"}
+# 3 validation batches on 2 ranks: the ranks run as many forwards (or FSDP's gathers would hang)
+COMMON = {"steps": STEPS, "checkpoint_every": 1, "eval_every": 5, "eval_batches": 3,
+          "keep_last": 2, "precision": "fp32"}
 
 
 def train_two_ranks(args: list[str]) -> None:

@@ -30,15 +30,20 @@ def token_byte_lengths(tokenizer: Tokenizer) -> torch.Tensor:
 def evaluate(model: Gemma3, data, world: World, batches: int, batch_size: int, seq_len: int,
              seed: int, chunk_tokens: int, byte_lengths: torch.Tensor,
              autocast: AbstractContextManager) -> dict:
-    """Loss over the same `batches` validation batches every time, spread over the ranks."""
+    """Loss over the same `batches` validation batches every time, spread over the ranks. Every
+    rank runs as many forwards (under FSDP each gathers the blocks' shards with the others): a
+    rank short of one repeats batch 0 and does not count it."""
     was_training = model.training
     model.eval()
     loss_sum = tokens = text_loss_sum = text_bytes = 0.0
-    for index in range(world.rank, batches, world.world_size):
-        inputs, targets = (t.to(world.device) for t in data.batch(0, index, batch_size, seq_len,
-                                                                  seed))
+    for start in range(0, batches, world.world_size):
+        index = start + world.rank
+        inputs, targets = (t.to(world.device) for t in data.batch(
+            0, index if index < batches else 0, batch_size, seq_len, seed))
         with autocast:
             hidden = model.hidden_states(inputs)
+        if index >= batches:
+            continue
         targets = targets.flatten()
         losses = per_token_losses(hidden.flatten(0, 1), model.output_weight, targets,
                                   chunk_tokens)
