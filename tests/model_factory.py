@@ -78,15 +78,17 @@ def single_thread():
     torch.set_num_threads(previous)
 
 
-def briefly_trained_model(tokenizer, hindi_data_dir) -> Gemma3:
+def briefly_trained_model(tokenizer, hindi_data_dir, **overrides) -> Gemma3:
     """A small model with a non-default layout, trained for a few hundred steps on real Hindi
     so that its predictions are peaked like a real model's (quantization errors on random
     weights say little). head_dim differs from hidden/heads and both RoPE bases from
-    llama.cpp's defaults, so every layout key in the file matters."""
+    llama.cpp's defaults, so every layout key in the file matters. `overrides` change the
+    tiny preset's shape further."""
     torch.manual_seed(0)
-    config = ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size, n_layers=5,
-                                layer_types=LAYOUT, head_dim=32, query_pre_attn_scalar=32,
-                                rope_base_local=5_000.0, rope_base_global=200_000.0)
+    config = ModelConfig.preset("tiny", **{
+        "vocab_size": tokenizer.vocab_size, "n_layers": 5, "layer_types": LAYOUT,
+        "head_dim": 32, "query_pre_attn_scalar": 32, "rope_base_local": 5_000.0,
+        "rope_base_global": 200_000.0, **overrides})
     model = Gemma3(config)
     lines = (hindi_data_dir / "stories_hindi_discourse_sentences.txt").read_text("utf-8")
     stream_ids = torch.tensor(tokenizer.encode(lines[:200_000]))
