@@ -23,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -220,21 +221,33 @@ def fetch_source(version: str, say: Callable[[str], None] = print) -> Path:
     return source
 
 
+def run_lines(args: Sequence[str], on_line: Callable[[str], None],
+              keep: int = 30) -> tuple[int, list[str]]:
+    """Run `args` with stdout and stderr merged, each output line passed to `on_line` as it
+    comes; returns the exit status and the last `keep` lines (for the failure's reason)."""
+    process = subprocess.Popen(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace")
+    assert process.stdout is not None
+    tail: deque[str] = deque(maxlen=keep)
+    for line in process.stdout:
+        tail.append(line.rstrip())
+        on_line(line)
+    return process.wait(), list(tail)
+
+
 def _run(args: list[str], log: Path, say: Callable[[str], None], what: str) -> None:
     """Run a build step, its output appended to `log`; progress lines ([n/N]) are passed on."""
     with open(log, "a") as out:
         out.write("$ " + " ".join(args) + "\n")
         out.flush()
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, errors="replace")
-        assert process.stdout is not None
-        tail: list[str] = []
-        for line in process.stdout:
+
+        def on_line(line: str) -> None:
             out.write(line)
-            tail = (tail + [line.rstrip()])[-20:]
             if line.startswith("[") and "/" in line.split("]")[0]:
                 say(line.rstrip()[:120])
-        if process.wait() != 0:
+
+        status, tail = run_lines(args, on_line, keep=20)
+        if status != 0:
             errors = [t for t in tail if "error" in t.lower()] or tail[-1:] or ["(no output)"]
             raise NativeBuildError(f"{what} failed ({errors[-1].strip()[:300]}); full log: "
                                    f"{log}")

@@ -12,7 +12,6 @@ as hslm's tokenizer does first, and special-token names in it stay text (no --pa
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,24 +48,22 @@ def run_program(program: str, args: Sequence[str], say: Callable[[str], None],
                 progress: Callable[[str], str | None]) -> None:
     """Run one of llama.cpp's programs; `progress` picks (and shortens) the output lines passed
     to `say`. A failure is a QuantizeError with the program's own reason."""
-    from hslm.native import NativeBuildError, command
+    from hslm.native import NativeBuildError, command, run_lines
 
     try:
         line_args = command(program, *args)
     except NativeBuildError as err:
         raise QuantizeError(str(err)) from None
-    process = subprocess.Popen(line_args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, errors="replace")
-    assert process.stdout is not None
-    tail: list[str] = []
-    for line in process.stdout:
-        tail = (tail + [line.rstrip()])[-30:]
+
+    def on_line(line: str) -> None:
         shown = progress(line)
         if shown:
             say(shown)
-    if process.wait() != 0:
+
+    status, tail = run_lines(line_args, on_line)
+    if status != 0:
         reasons = [t for t in tail if "error" in t.lower() or "failed" in t.lower()] \
-            or tail[-1:] or [f"exit status {process.returncode}, no message"]
+            or tail[-1:] or [f"exit status {status}, no message"]
         raise QuantizeError(f"{program} failed: {' '.join(r.strip() for r in reasons)[-400:]}")
 
 
