@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "rtn-asym, hqq, k_quant, gptq (needs --calibration)")
     parser.add_argument("--block-size", type=int, metavar="N",
                         help="ONNX int4/int8: weights per scale, 16, 32 (default), 64 or 128")
+    parser.add_argument("--head-bits", type=int, choices=(4, 8), metavar="BITS",
+                        help="ONNX int4: bits of the output head, 4 (default) or 8 (as llama.cpp "
+                             "keeps it in its 4-bit files)")
     parser.add_argument("--imatrix-out", metavar="PATH",
                         help="GGUF: keep the importance matrix computed from --calibration here")
     parser.add_argument("--imatrix", metavar="PATH",
@@ -189,11 +192,12 @@ def export_onnx_folder(args) -> None:
 def onnx_quantize_options(args, tokenizer, config):
     """The checked QuantizeOptions of an int8/int4 export (None for fp32), before anything is
     exported."""
-    from hslm.quant.onnx import (ALGORITHM, BLOCK_SIZE, OnnxQuantizeError, QuantizeOptions,
-                                 calibration_windows)
+    from hslm.quant.onnx import (ALGORITHM, BLOCK_SIZE, HEAD_BITS, OnnxQuantizeError,
+                                 QuantizeOptions, calibration_windows)
 
     asked = [flag for flag, value in (("--algorithm", args.algorithm),
                                       ("--block-size", args.block_size),
+                                      ("--head-bits", args.head_bits),
                                       ("--calibration", args.calibration)) if value is not None]
     if args.onnx == "fp32":
         if asked:
@@ -206,7 +210,7 @@ def onnx_quantize_options(args, tokenizer, config):
         calibration = calibration_windows(tokenizer, args.calibration, config.context_length) \
             if args.calibration else ()
         options = QuantizeOptions(args.onnx, algorithm, args.block_size or BLOCK_SIZE,
-                                  calibration)
+                                  calibration, args.head_bits or HEAD_BITS)
         options.check(config)
     except OnnxQuantizeError as err:
         raise UsageError(str(err)) from None
@@ -219,8 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.onnx:
             export_onnx_folder(args)
-        elif args.algorithm or args.block_size:
-            raise UsageError("--algorithm and --block-size are for --onnx int4/int8")
+        elif args.algorithm or args.block_size or args.head_bits:
+            raise UsageError("--algorithm, --block-size and --head-bits are for --onnx int4/int8")
         else:
             export_gguf(args)
     except UsageError as err:

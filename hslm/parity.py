@@ -47,14 +47,22 @@ LIMITS: dict[str, Limits] = {
     "f16": Limits(min_top1=0.98, max_kl_mean=1e-3, max_kl_p99=1e-2, max_ppl_ratio=1.01),
     "bf16": Limits(min_top1=0.95, max_kl_mean=5e-3, max_kl_p99=5e-2, max_ppl_ratio=1.02),
     "q8_0": Limits(min_top1=0.95, max_kl_mean=2e-3, max_kl_p99=2e-2, max_ppl_ratio=1.02),
-    "q4": Limits(min_top1=0.80, max_kl_mean=0.05, max_kl_p99=0.5, max_ppl_ratio=1.10),
+    # 4-bit and lower: measured on the reference model with hindi-270m's shapes
+    # (benchmarks/results/quant_quality.md: q4 top-1 0.986, mean KL 9e-5) and on the small
+    # recipe and demo models (q4 top-1 0.94-0.96, KL 1-2e-3), with room for smaller models
+    "q4": Limits(min_top1=0.90, max_kl_mean=0.01, max_kl_p99=0.1, max_ppl_ratio=1.03),
+    "iq3_s": Limits(min_top1=0.85, max_kl_mean=0.02, max_kl_p99=0.2, max_ppl_ratio=1.05),
+    "iq3_xxs": Limits(min_top1=0.85, max_kl_mean=0.02, max_kl_p99=0.2, max_ppl_ratio=1.05),
+    "iq2_s": Limits(min_top1=0.80, max_kl_mean=0.05, max_kl_p99=0.5, max_ppl_ratio=1.10),
+    "iq2_xs": Limits(min_top1=0.80, max_kl_mean=0.05, max_kl_p99=0.5, max_ppl_ratio=1.10),
+    "iq2_xxs": Limits(min_top1=0.80, max_kl_mean=0.05, max_kl_p99=0.5, max_ppl_ratio=1.10),
     # ONNX folders. int8 is blockwise (32) 8-bit like q8_0; int4 is blockwise symmetric 4-bit
-    # with a 4-bit embedding and output head, measured below IQ4_NL (top-1 0.84 and KL 0.009
-    # on the briefly trained test model, where IQ4_NL reaches 0.94).
+    # with the output head (and a tied embedding) at 8 bits: reference model top-1 0.985,
+    # KL 1.3e-4; recipe model 0.945, KL 2.3e-3 (a 4-bit head: 0.864, KL 1.2e-2)
     "fp32": Limits(max_abs_logit=5e-3, min_top1=0.99, max_kl_mean=1e-5, max_kl_p99=1e-4,
                    max_ppl_ratio=1.001),
     "int8": Limits(min_top1=0.95, max_kl_mean=2e-3, max_kl_p99=2e-2, max_ppl_ratio=1.02),
-    "int4": Limits(min_top1=0.75, max_kl_mean=0.05, max_kl_p99=0.5, max_ppl_ratio=1.10),
+    "int4": Limits(min_top1=0.85, max_kl_mean=0.02, max_kl_p99=0.2, max_ppl_ratio=1.05),
 }
 
 

@@ -10,6 +10,10 @@
   zero points when the algorithm has them.
 - int8: the MatMuls with 8 bits, round-to-nearest symmetric (GatherBlockQuantized has no
   8-bit form: the embedding stays fp32).
+- int4 with `head_bits=8` (the default): the output head as a symmetric 8-bit round-to-nearest
+  `MatMulNBits`, as llama.cpp keeps a tied head in Q8_0 in its 4-bit files. A tied embedding
+  then reads the head's 8-bit bytes (`GatherBlockQuantized`, bits 8): the matrix is stored once.
+  An untied embedding stays 4-bit, and so does a tied one whose rows are not whole blocks.
 
 `accuracy_level=4` lets the CPU kernels compute in int8 (int8 MatMulNBits at the default
 level is 30x slower). A tied output head is `MatMul(x, Transpose(embedding))` in the graph,
@@ -52,6 +56,8 @@ ALGORITHMS = {
     "gptq": ("GPTQ on Hindi calibration text (--calibration), zero points", True),
 }
 ALGORITHM = "rtn"
+HEAD_BIT_CHOICES = (4, 8)  # the output head's bits in an int4 graph
+HEAD_BITS = 8  # chosen by benchmarks/quant_quality.py
 CALIBRATION_WINDOWS = 16
 CALIBRATION_CONTEXT = 512  # tokens per calibration window at most
 ACCURACY_LEVEL = 4  # int8 compute in MatMulNBits on CPU
@@ -72,6 +78,8 @@ class QuantizeOptions:
     algorithm: str = ALGORITHM
     block_size: int = BLOCK_SIZE
     calibration: tuple[tuple[int, ...], ...] = ()
+    head_bits: int = HEAD_BITS
+
 
     def check(self, config: ModelConfig | None = None) -> None:
         """Raises OnnxQuantizeError for options that cannot work (on `config`'s shapes)."""
@@ -84,6 +92,10 @@ class QuantizeOptions:
         if self.kind != "int4" and self.algorithm != "rtn":
             raise OnnxQuantizeError(f"{self.kind} is round-to-nearest only; the algorithms are "
                                     "for int4")
+        if self.head_bits not in HEAD_BIT_CHOICES or (self.kind != "int4"
+                                                      and self.head_bits != HEAD_BITS):
+            raise OnnxQuantizeError(f"the output head's bits are 4 or 8, and only in an int4 "
+                                    f"graph (got {self.head_bits} for {self.kind})")
         if self.block_size not in BLOCK_SIZES:
             raise OnnxQuantizeError(f"block size {self.block_size} is not one of "
                                     f"{', '.join(map(str, BLOCK_SIZES))}")
@@ -104,7 +116,8 @@ class QuantizeOptions:
     @property
     def description(self) -> str:
         name = self.algorithm if self.kind == "int4" else "rtn"
-        return f"{name}, block {self.block_size}"
+        head = ", 8-bit output head" if self.head_bits == 8 else ""
+        return f"{name}, block {self.block_size}{head}"
 
 
 def calibration_windows(tokenizer, paths: Sequence[str | Path], context_length: int,
@@ -213,29 +226,41 @@ def quantize_model(model: onnx.ModelProto, options: QuantizeOptions,
     for name in CHATTY_LOGGERS + ("neural_compressor",):
         logging.getLogger(name).setLevel(logging.ERROR)
     metadata = {p.key: p.value for p in model.metadata_props}
-    untie_output_head(model)
+    # A tied head kept at 8 bits is stored once: the embedding reads the head's bytes (unless
+    # its rows are padded to whole blocks, which the embedding cannot read).
+    share_embedding = untie_output_head(model) and options.head_bits == 8 \
+        and config.hidden_size % options.block_size == 0
     merge_sibling_matmuls(model)
-    model = _quantize_weights(model, options, config)
+    model = _quantize_weights(model, options, config, quantize_embedding=not share_embedding)
     for node in model.graph.node:  # HQQ's MatMulNBits come without it
         if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level"
                                                      for a in node.attribute):
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", ACCURACY_LEVEL))
     fused = fuse_for_ort(ir.serde.deserialize_model(model), config.context_length)
     result = ir.serde.serialize_model(fused)
+    if share_embedding:  # after the optimizer, which would fold the Reshape into a copy
+        gather_from_head(result, config)
     onnx.helper.set_model_props(result, {**metadata, "hslm.quantization": options.kind,
                                          "hslm.quantization_method": options.description})
     return result
 
 
-def _quantize_weights(model: onnx.ModelProto, options: QuantizeOptions,
-                      config: ModelConfig) -> onnx.ModelProto:
-    """The MatMuls (and for int4 the embedding's Gather) replaced by ONNX Runtime's quantizer."""
+def _quantize_weights(model: onnx.ModelProto, options: QuantizeOptions, config: ModelConfig,
+                      quantize_embedding: bool = True) -> onnx.ModelProto:
+    """The MatMuls (and for int4 the embedding's Gather, unless not `quantize_embedding`)
+    replaced by ONNX Runtime's quantizer."""
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     bits, block = BITS[options.kind], options.block_size
     symmetric = options.kind == "int8" or not ALGORITHMS[options.algorithm][1]
+    # The k-quant and GPTQ code orders and configures nodes by name.
+    seen = set()
+    for number, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_hslm_{number}"
+        seen.add(node.name)
 
-    def run(model, algorithm):
+    def run(model, algorithm, bits=bits, symmetric=symmetric):
         quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=block,
                                                is_symmetric=symmetric,
                                                accuracy_level=ACCURACY_LEVEL, algo_config=algorithm)
@@ -243,31 +268,93 @@ def _quantize_weights(model: onnx.ModelProto, options: QuantizeOptions,
             quantizer.process()
         return quantizer.model.model
 
-    def round_to_nearest(op_types):
+    def round_to_nearest(op_types, bits=bits, symmetric=symmetric):
         return nbits.DefaultWeightOnlyQuantConfig(
             block_size=block, is_symmetric=symmetric, accuracy_level=ACCURACY_LEVEL, bits=bits,
             op_types_to_quantize=op_types, quant_axes=(("MatMul", 0), ("Gather", 1)))
 
     if options.kind == "int8":
         return run(model, round_to_nearest(("MatMul",)))
+    head_apart = options.head_bits != bits
+    if head_apart:
+        head_weight = _hide_output_head(model, config)
+    gathers = ("Gather",) if quantize_embedding else ()
     if options.algorithm in ("rtn", "rtn-asym"):
-        return run(model, round_to_nearest(("MatMul", "Gather")))
-    # The k-quant and GPTQ code orders and configures nodes by name.
-    seen = set()
-    for number, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_hslm_{number}"
-        seen.add(node.name)
-    if options.algorithm == "hqq":
-        matmuls = nbits.HQQWeightOnlyQuantConfig(block_size=block, bits=4,
-                                                 op_types_to_quantize=("MatMul",))
-    elif options.algorithm == "k_quant":
-        matmuls = nbits.KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+        model = run(model, round_to_nearest(("MatMul", *gathers)))
     else:
-        matmuls = nbits.GPTQWeightOnlyQuantConfig(
-            calibration_data_reader=_calibration_reader(options.calibration, config),
-            op_types_to_quantize=("MatMul",))
-    return run(run(model, matmuls), round_to_nearest(("Gather",)))
+        if options.algorithm == "hqq":
+            matmuls = nbits.HQQWeightOnlyQuantConfig(block_size=block, bits=4,
+                                                     op_types_to_quantize=("MatMul",))
+        elif options.algorithm == "k_quant":
+            matmuls = nbits.KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+        else:
+            matmuls = nbits.GPTQWeightOnlyQuantConfig(
+                calibration_data_reader=_calibration_reader(options.calibration, config),
+                op_types_to_quantize=("MatMul",))
+        model = run(model, matmuls)
+        if gathers:
+            model = run(model, round_to_nearest(gathers))
+    if head_apart:  # symmetric 8-bit, like llama.cpp's Q8_0
+        _show_output_head(model, head_weight)
+        model = run(model, round_to_nearest(("MatMul",), options.head_bits, True),
+                    options.head_bits, True)
+    return model
+
+
+HIDDEN_SUFFIX = ".hidden_from_quantizer"
+
+
+def _hide_output_head(model: onnx.ModelProto, config: ModelConfig) -> str:
+    """Put an Identity between the output head's MatMul and its weight: quantizers only take
+    MatMuls on initializers (nodes_to_exclude would do, but GPTQ ignores it). Returns the
+    weight's name."""
+    graph = model.graph
+    vocab_wide = {init.name for init in graph.initializer
+                  if len(init.dims) == 2 and init.dims[1] == config.vocab_size}
+    head = next(node for node in graph.node
+                if node.op_type == "MatMul" and node.input[1] in vocab_wide)
+    weight = head.input[1]
+    graph.node.insert(list(graph.node).index(head), onnx.helper.make_node(
+        "Identity", [weight], [weight + HIDDEN_SUFFIX], name=weight + HIDDEN_SUFFIX))
+    head.input[1] = weight + HIDDEN_SUFFIX
+    return weight
+
+
+def _show_output_head(model: onnx.ModelProto, weight: str) -> None:
+    graph = model.graph
+    for node in graph.node:
+        if weight + HIDDEN_SUFFIX in node.input:
+            node.input[list(node.input).index(weight + HIDDEN_SUFFIX)] = weight
+    graph.node.remove(next(node for node in graph.node if node.name == weight + HIDDEN_SUFFIX))
+
+
+def gather_from_head(model: onnx.ModelProto, config: ModelConfig) -> None:
+    """Replace the fp32 embedding `Gather` by an 8-bit `GatherBlockQuantized` on the 8-bit
+    output head's bytes ([vocab, blocks, block] reshaped to [vocab, hidden]: the head's weight
+    transposed back is the embedding) and scales, so the tied matrix is stored once. Both
+    operators default the zero point of symmetric uint8 blocks to 128."""
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    head = next(node for node in graph.node if node.op_type == "MatMulNBits"
+                and node.input[1].startswith(UNTIED_HEAD))
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
+    embedding = next(node for node in graph.node if node.op_type == "Gather"
+                     and node.input[0] in initializers
+                     and list(initializers[node.input[0]].dims) == [config.vocab_size,
+                                                                    config.hidden_size])
+    shape = numpy_helper.from_array(np.array([config.vocab_size, config.hidden_size], np.int64),
+                                    UNTIED_HEAD + ".embedding_shape")
+    graph.initializer.append(shape)
+    flat = UNTIED_HEAD + ".embedding_q8"
+    position = list(graph.node).index(embedding)
+    graph.node.insert(position, onnx.helper.make_node(
+        "GatherBlockQuantized", [flat, embedding.input[1], head.input[2]], embedding.output,
+        domain="com.microsoft", bits=8, block_size=attributes["block_size"], gather_axis=0,
+        quantize_axis=1))
+    graph.node.insert(position, onnx.helper.make_node("Reshape", [head.input[1], shape.name],
+                                                      [flat]))
+    graph.node.remove(embedding)
+    graph.initializer.remove(initializers[embedding.input[0]])
 
 
 def fuse_for_ort(model, context_length: int):

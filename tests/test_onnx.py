@@ -180,6 +180,7 @@ def test_export_command_writes_a_loadable_int4_folder(int4_folder, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["{model}", "--onnx", "int3"], "invalid choice"),
+    (["{model}", "--onnx", "int4", "--head-bits", "6"], "invalid choice"),
     (["{model}", "--onnx", "fp32", "--output", "{file}/sub"], "not a writable folder"),
     (["{model}", "--onnx", "fp32", "--output", "{file}"], "is a file"),
     (["{no_tokenizer}", "--onnx", "fp32"], "tokenizer not found"),
@@ -346,6 +347,69 @@ def test_quantized_folders_stay_close_to_pytorch(trained, int4_folder, hindi_win
     assert quality["int8"]["top1"] >= 0.97 and quality["int8"]["kl"] < 5e-4
     assert quality["int4"]["top1"] >= 0.75 and quality["int4"]["kl"] < 0.04
     assert quality["int4"]["kl"] > quality["int8"]["kl"]
+
+
+def _bits(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "bits"), 4)
+
+
+def test_default_int4_stores_the_tied_head_once_at_8_bits(trained, int4_folder, hindi_windows):
+    """The head is an 8-bit MatMulNBits, the embedding an 8-bit GatherBlockQuantized reading
+    the head's own bytes and scales; smaller than and closer to PyTorch than a 4-bit head and
+    a 4-bit embedding stored apart."""
+    from hslm.quant.onnx import QuantizeOptions
+
+    model, root = trained
+    config = model.config
+    quantize_onnx_folder(root / "fp32", root / "int4-head4", QuantizeOptions("int4",
+                                                                             head_bits=4))
+    graph = onnx.load(int4_folder / MODEL_FILE).graph
+    nodes, initializers = _quantized_nodes(int4_folder)
+    (head,) = [n for n in nodes if n.op_type == "MatMulNBits" and _bits(n) == 8]
+    (gather,) = [n for n in nodes if n.op_type == "GatherBlockQuantized"]
+    assert _bits(gather) == 8 and len(gather.input) == len(head.input) == 3  # zero point 128
+    producers = {out: node for node in graph.node for out in node.output}
+    reshape = producers[gather.input[0]]
+    assert reshape.op_type == "Reshape" and reshape.input[0] == head.input[1]
+    assert gather.input[2] == head.input[2]
+    assert {_bits(n) for n in nodes if n is not head and n is not gather} == {4}
+    assert not [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+                and list(i.dims) == [config.vocab_size, config.hidden_size]]
+    head4 = _quantized_nodes(root / "int4-head4")[0]
+    assert {_bits(n) for n in head4} == {4}
+    assert (int4_folder / MODEL_FILE).stat().st_size < \
+        (root / "int4-head4" / MODEL_FILE).stat().st_size
+    with torch.no_grad():
+        ours = np.concatenate([model(torch.tensor([w]))[0].numpy() for w in hindi_windows])
+    kl = {}
+    for folder in (int4_folder, root / "int4-head4"):
+        source, _ = load_onnx(folder, threads=1)
+        theirs = np.concatenate([source.all_logits(w) for w in hindi_windows])
+        kl[folder.name] = float(kl_divergence(ours, theirs).mean())
+    print(kl)
+    assert kl[int4_folder.name] < 0.8 * kl["int4-head4"]
+
+
+def test_untied_head_is_8_bit_and_its_embedding_4_bit(trained_tokenizer, tmp_path):
+    from hslm.quant.onnx import QuantizeOptions
+
+    model = make_model(make_config("custom", vocab_size=trained_tokenizer.vocab_size))
+    assert not model.config.tie_embeddings
+    export_onnx(model, trained_tokenizer, tmp_path / "fp32")
+    quantize_onnx_folder(tmp_path / "fp32", tmp_path / "int4", QuantizeOptions("int4"))
+    nodes, _ = _quantized_nodes(tmp_path / "int4")
+    heads = [n for n in nodes if n.op_type == "MatMulNBits" and _bits(n) == 8]
+    assert len(heads) == 1 and heads[0].output[0] == "logits"
+    (gather,) = [n for n in nodes if n.op_type == "GatherBlockQuantized"]
+    assert _bits(gather) == 4
+    quantize_onnx_folder(tmp_path / "fp32", tmp_path / "head4", QuantizeOptions("int4",
+                                                                                head_bits=4))
+    ids = trained_tokenizer.encode("भारत की राजधानी नई दिल्ली है", add_bos=True)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0].numpy()
+    kl = {name: float(kl_divergence(ours, load_onnx(tmp_path / name, threads=1)[0]
+                                    .all_logits(ids)).mean()) for name in ("int4", "head4")}
+    assert kl["int4"] < kl["head4"], kl  # random weights: large errors either way (0.12, 0.14)
 
 
 # ---------------------------------------------------------------- onnxruntime-genai
@@ -559,8 +623,10 @@ def test_every_int4_algorithm_stays_close_to_pytorch(trained, int4_algorithms, h
         nodes, initializers = _quantized_nodes(folder)
         assert {n.op_type for n in nodes} == {"MatMulNBits", "GatherBlockQuantized"}
         assert {a.i for n in nodes for a in n.attribute if a.name == "block_size"} == {32}
-        # Zero points are the 4th input of both operators, present exactly when asked.
-        assert {len(n.input) == 4 for n in nodes} == {ALGORITHMS[algorithm][1]}
+        # Zero points are the 4th input of both 4-bit operators, present exactly when asked;
+        # the 8-bit head and embedding are symmetric
+        assert {len(n.input) == 4 for n in nodes if _bits(n) == 4} == {ALGORITHMS[algorithm][1]}
+        assert {len(n.input) for n in nodes if _bits(n) == 8} == {3}
         weights[algorithm] = b"".join(  # packed values, scales and zero points
             onnx.numpy_helper.to_array(initializers[name]).tobytes()
             for n in nodes if n.op_type == "MatMulNBits" for name in n.input[1:])
@@ -621,6 +687,9 @@ def test_block_size_is_the_one_asked_and_smaller_blocks_cost_bytes(trained):
     (["--onnx", "int8", "--algorithm", "hqq"], "int8 is round-to-nearest only"),
     (["--onnx", "fp32", "--block-size", "32"], "fp32 is not quantized"),
     (["--gguf", "q4", "--algorithm", "hqq"], "are for --onnx int4/int8"),
+    (["--gguf", "q4", "--head-bits", "8"], "are for --onnx int4/int8"),
+    (["--onnx", "int8", "--head-bits", "4"], "only in an int4 graph"),
+    (["--onnx", "fp32", "--head-bits", "8"], "fp32 is not quantized"),
 ])
 def test_export_command_refuses_bad_int4_options(trained, hindi_data_dir, tmp_path, capsys,
                                                  argv, message):
@@ -645,11 +714,11 @@ def test_export_command_calibrates_gptq(trained, hindi_data_dir, tmp_path, capsy
     main([str(root / "model"), "--onnx", "int4", "--algorithm", "gptq", "--block-size", "16",
           "--calibration", str(hindi_data_dir / "news_headlines_bbc_hindi.txt"),
           "--output", str(tmp_path / "gptq")])
-    assert "gptq, block 16" in capsys.readouterr().out
+    assert "gptq, block 16, 8-bit output head" in capsys.readouterr().out
     props = {p.key: p.value for p in onnx.load(tmp_path / "gptq" / MODEL_FILE,
                                                 load_external_data=False).metadata_props}
     assert props["hslm.quantization"] == "int4"
-    assert props["hslm.quantization_method"] == "gptq, block 16"
+    assert props["hslm.quantization_method"] == "gptq, block 16, 8-bit output head"
     assert load(tmp_path / "gptq").backend == "onnx"
 
 

@@ -20,7 +20,8 @@ from hslm.export.gguf import gguf_name, write_gguf
 from hslm.export.onnx import MODEL_FILE, export_onnx
 from hslm.model import Gemma3
 from hslm.quant.llama_cpp import quantize_gguf
-from hslm.quant.onnx import merge_sibling_matmuls, quantize_onnx_folder, untie_output_head
+from hslm.quant.onnx import (QuantizeOptions, merge_sibling_matmuls, quantize_onnx_folder,
+                             untie_output_head)
 from hslm.train.config import TrainConfig
 from hslm.train.qat import (GRIDS, fake_quantize, gguf_plan, onnx_int4_plan, snap_to_grids,
                             start_fake_quantization)
@@ -143,7 +144,9 @@ def test_onnx_int4_grid_equals_onnx_runtime(base_model_dir, trained_tokenizer, t
         half = sample_model.embed.weight[: sample_model.config.vocab_size // 2]
         half.copy_(weights("heavy-tailed", tuple(half.shape), generator))
     export_onnx(sample_model, trained_tokenizer, tmp_path / "fp32")
-    quantize_onnx_folder(tmp_path / "fp32", tmp_path / "int4", "int4")
+    # every weight at 4 bits, the tied head too (by default it is 8-bit, see onnx_int4_plan)
+    quantize_onnx_folder(tmp_path / "fp32", tmp_path / "int4", QuantizeOptions("int4",
+                                                                               head_bits=4))
     fp32 = onnx.load(tmp_path / "fp32" / MODEL_FILE)
     untie_output_head(fp32)  # the initializers the quantizer saw
     merge_sibling_matmuls(fp32)
@@ -191,7 +194,10 @@ def test_gguf_plan_mirrors_llama_cpp_types(trained_tokenizer):
     plan = gguf_plan(Gemma3(config), trained_tokenizer, "iq4_nl")
     assert "layers.0.attn.v_proj.weight" not in plan and "layers.0.attn.q_proj.weight" in plan
     assert len(plan) == 6
-    assert set(onnx_int4_plan(model_with("normal", vocab))) == linears | {"embed.weight"}
+    # ONNX int4 keeps the output head at 8 bits like llama.cpp, a tied embedding with it
+    assert set(onnx_int4_plan(model_with("normal", vocab))) == linears
+    untied = onnx_int4_plan(model_with("normal", vocab, tie_embeddings=False))
+    assert set(untied) == linears - {"lm_head.weight"} | {"embed.weight"}
 
 
 @pytest.mark.parametrize("grid", list(GRIDS))

@@ -59,7 +59,8 @@ def _plain_cpu_buffers():
 # llama.cpp's file types by the names hslm gives them (q4 covers every 4-bit type).
 FILE_TYPES = {"ALL_F32": "f32", "MOSTLY_F16": "f16", "MOSTLY_BF16": "bf16",
               "MOSTLY_Q8_0": "q8_0", "MOSTLY_Q4_0": "q4", "MOSTLY_IQ4_NL": "q4",
-              "MOSTLY_Q4_K_M": "q4"}
+              "MOSTLY_Q4_K_M": "q4", "MOSTLY_IQ3_S": "iq3_s", "MOSTLY_IQ3_XXS": "iq3_xxs",
+              "MOSTLY_IQ2_S": "iq2_s", "MOSTLY_IQ2_XS": "iq2_xs", "MOSTLY_IQ2_XXS": "iq2_xxs"}
 
 
 def gguf_summary(path: str | Path) -> tuple[str, int]:

@@ -24,7 +24,8 @@ round-half-even, fp32 scales and no non-linear levels), so hslm has its own.
 Which weights are 4-bit is read from what the exporter really does: for GGUF, the model is
 written and quantized by llama.cpp once and the tensor types read back (the token embedding,
 tied to the output, stays Q8_0; attn_v becomes Q5_1 in iq4_nl files of models with 4 query
-heads per KV head); for ONNX int4, every Linear, the embedding and the output head.
+heads per KV head); for ONNX int4, every Linear and the embedding, and the output head when
+hslm.quant.onnx keeps it at 4 bits (with an 8-bit head, a tied embedding is 8-bit too).
 """
 
 from __future__ import annotations
@@ -184,10 +185,15 @@ FAKE_QUANT_CLASSES = {nn.Linear: FakeQuantLinear, nn.Embedding: FakeQuantEmbeddi
 
 
 def onnx_int4_plan(model: Gemma3) -> dict[str, str]:
-    """hslm.quant.onnx's int4: every MatMul (Linear and the output head) and the embedding's
-    GatherBlockQuantized."""
+    """hslm.quant.onnx's default int4: every Linear and the embedding's GatherBlockQuantized,
+    and the output head unless it is kept at 8 bits (then a tied embedding is the head)."""
+    from hslm.quant.onnx import HEAD_BITS
+
     names = [f"{name}.weight" for name, module in model.named_modules()
              if isinstance(module, (nn.Linear, nn.Embedding))]
+    if HEAD_BITS == 8:
+        head = "embed.weight" if model.config.tie_embeddings else "lm_head.weight"
+        names.remove(head)
     return dict.fromkeys(names, "onnx-int4")
 
 
