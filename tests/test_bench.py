@@ -69,7 +69,8 @@ def test_report_of_a_short_run(artifacts, tmp_path, capsys):
     # Bytes per token come from the files' tensors: q8_0 reads about half of f16.
     assert 0.45 < q8_case["weight_bytes"] / f16_case["weight_bytes"] < 0.6
     assert f16_case["weight_bytes"] == pytest.approx(torch_case["weight_bytes"] / 2, rel=0.05)
-    assert int4_case["weight_bytes"] < q8_case["weight_bytes"]
+    # int4 keeps this head-heavy model's output head at 8 bits (fp32 scales): near q8_0
+    assert 0.25 < int4_case["weight_bytes"] / torch_case["weight_bytes"] < 0.3
     if not EnergyMeter().available:
         assert all(c["tg"]["joules_per_token"] == "unavailable" for c in report["cases"])
         assert "Energy: unavailable" in (output / "bench.md").read_text()
@@ -109,8 +110,9 @@ def test_onnx_folders_are_typed_and_sized_from_the_graph(artifacts):
     (fp32,), (int4,) = plan_case(onnx_fp32), plan_case(onnx_int4 / "model.onnx")
     assert (fp32.backend, fp32.type, int4.type) == ("onnx", "fp32", "int4")
     assert int4.path == onnx_int4
-    # The 4-bit embedding table is only looked up, so int4 reads well under a quarter of fp32.
-    assert int4.weight_bytes < fp32.weight_bytes / 4
+    # int4 reads its 4-bit layers and the 8-bit output head, whose bytes the embedding lookup
+    # shares (counted once): this model is mostly head, so 27% of fp32
+    assert int4.weight_bytes < 0.3 * fp32.weight_bytes
 
 
 def test_bad_input_is_refused_with_one_line(artifacts, tmp_path, capsys):
