@@ -355,12 +355,14 @@ def render(data: dict) -> str:
                                                for r in refused)]
     qat = [r for r in rows if r["model"].startswith("qat ")]
     if qat:
+        runs = sorted({r["model"].removeprefix("qat ") for r in qat})
         lines += ["", "## Quantization-aware training vs post-training quantization", "",
-                  f"Three fine-tunings of {data['qat_steps']} steps (4,096 tokens each, lr "
-                  "2e-4) from the reference model: `qat: none` "
-                  "(the control), `qat: iq4_nl` (for GGUF q4), `qat: onnx-int4` (for ONNX "
-                  "int4). KL against each model's own PyTorch weights; the perplexity ratio "
-                  "that matters is the 4-bit export's over the control's fp32 perplexity.", "",
+                  f"Fine-tunings of {data['qat_steps']} steps (4,096 tokens each, lr 2e-4) "
+                  "from the reference model, the same but for `qat`: "
+                  + ", ".join(f"`{run}`" for run in runs) + " (`none` is the control, "
+                  "exported by post-training quantization). KL against each model's own "
+                  "PyTorch weights; the perplexity ratio that matters is the 4-bit export's "
+                  "over the control's fp32 perplexity.", "",
                   "| fine-tuning | export | KL vs own fp32 | top-1 | ppl | ppl / control fp32 |",
                   "|---|---|---|---|---|---|"]
         control_ppl = next((r["ppl_reference"] for r in qat if r["model"] == "qat none"), None)
