@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hslm.apps.common import UsageError, command, fail
+from hslm.apps.common import UsageError, command
 
 SIZE_PRESETS = ("hindi-270m", "hindi-1b", "hindi-4b")
 
@@ -106,10 +106,7 @@ def run(args) -> list[Path]:
 @command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UsageError as err:
-        fail(str(err))
+    run(args)
 
 
 if __name__ == "__main__":

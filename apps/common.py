@@ -32,12 +32,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def command(main: Callable[..., None]) -> Callable[..., None]:
-    """A command's entry point that reports a missing optional package as one line naming the
-    extra to install, instead of a traceback."""
+    """A command's entry point that reports a user's mistake (UsageError) and a missing optional
+    package (naming the extra to install) as one line, instead of a traceback."""
     @functools.wraps(main)
     def run(*args, **kwargs):
         try:
             return main(*args, **kwargs)
+        except UsageError as err:
+            fail(str(err))
         except ModuleNotFoundError as err:
             extra = EXTRA_OF_MODULE.get((err.name or "").partition(".")[0])
             if extra is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hslm.apps.common import UsageError, command, fail
+from hslm.apps.common import UsageError, command
 
 INPUTS_HELP = ("files, folders (searched recursively) or quoted globs: .txt (a document per "
                "line, or per blank-line block with text_layout=paragraph), .jsonl, .csv, .tsv, "
@@ -224,10 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.inputs += extra
-    try:
-        COMMANDS[args.command](args)
-    except UsageError as err:
-        fail(str(err))
+    COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

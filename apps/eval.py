@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from hslm.apps.common import UsageError, command, fail
+from hslm.apps.common import UsageError, command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,10 +72,7 @@ def run(args) -> None:
 @command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UsageError as err:
-        fail(str(err))
+    run(args)
 
 
 if __name__ == "__main__":

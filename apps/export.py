@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hslm.apps.common import UsageError, command, fail, load_model_folder
+from hslm.apps.common import UsageError, command, load_model_folder
 
 GGUF_CHOICES = ("f32", "f16", "bf16", "q8_0", "q4", "q4_0", "iq4_nl", "q4_k_m", "iq3_s",
                 "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs")
@@ -220,15 +220,12 @@ def onnx_quantize_options(args, tokenizer, config):
 @command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        if args.onnx:
-            export_onnx_folder(args)
-        elif args.algorithm or args.block_size or args.head_bits:
-            raise UsageError("--algorithm, --block-size and --head-bits are for --onnx int4/int8")
-        else:
-            export_gguf(args)
-    except UsageError as err:
-        fail(str(err))
+    if args.onnx:
+        export_onnx_folder(args)
+    elif args.algorithm or args.block_size or args.head_bits:
+        raise UsageError("--algorithm, --block-size and --head-bits are for --onnx int4/int8")
+    else:
+        export_gguf(args)
 
 
 if __name__ == "__main__":

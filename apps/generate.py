@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hslm.apps.common import DTYPES, UsageError, command, fail
+from hslm.apps.common import DTYPES, command, fail
 from hslm.generate import Generation, SamplingParams
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         result = Generation(text="")
         for piece in runtime.stream(prompt_ids, params, result=result):
             print(piece, end="", flush=True)
-    except (UsageError, ValueError) as err:
+    except ValueError as err:
         fail(str(err))
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from hslm.apps.common import UsageError, command, fail, load_model_folder
+from hslm.apps.common import UsageError, command, load_model_folder
 from hslm.config import ConfigError, ModelConfig, PRESETS
 
 
@@ -83,10 +83,7 @@ def describe_model(args) -> None:
 @command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        init_model(args) if args.command == "init" else describe_model(args)
-    except UsageError as err:
-        fail(str(err))
+    init_model(args) if args.command == "init" else describe_model(args)
 
 
 if __name__ == "__main__":

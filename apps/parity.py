@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hslm.apps.common import UsageError, command, fail, load_model_folder
+from hslm.apps.common import UsageError, command, load_model_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,11 +87,7 @@ def run(args) -> bool:
 @command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        passed = run(args)
-    except UsageError as err:
-        fail(str(err))
-    if not passed:
+    if not run(args):
         print("parity FAILED for at least one artifact", file=sys.stderr)
         raise SystemExit(1)
 

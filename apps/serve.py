@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from hslm.apps.common import DTYPES, UsageError, command, fail
+from hslm.apps.common import DTYPES, command, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +79,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UsageError as err:
-        fail(str(err))
+    main()

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     command = {"train": train, "fertility": measure_fertility}[args.command]
     try:
         command(args)
-    except (UsageError, TokenizerError, OSError) as err:
+    except (TokenizerError, OSError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         print(file=sys.stderr)

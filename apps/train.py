@@ -7,7 +7,7 @@ import json
 
 from tqdm import tqdm
 
-from hslm.apps.common import UsageError, command, fail
+from hslm.apps.common import UsageError, command
 
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: run the same command to resume
 
@@ -115,10 +115,7 @@ def run(args) -> int:
 @command
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        code = run(args)
-    except UsageError as err:
-        fail(str(err))
+    code = run(args)
     if code:
         raise SystemExit(code)
 
