@@ -4,16 +4,19 @@
    ~/.cache/hslm/quant_quality): every shared Hindi text file's lines are documents; every
    50th document is held out. An 8k tokenizer and configs/quant-reference-cpu.yaml's model
    (hidden 640, FFN 2,048, 4 x 256 query / 1 x 256 KV heads, 5 sliding + 1 global layers) are
-   trained on the rest (~45 minutes on 2 cores). Three fine-tunings of it follow, the same
-   but for `qat`: none (the control), iq4_nl (for GGUF q4) and onnx-int4 (for ONNX int4).
+   trained on the rest (~45 minutes on 2 cores). Four fine-tunings of it follow, the same but
+   for `qat`: none (the control), q4_0 and iq4_nl (for GGUF q4_0 and q4) and onnx-int4 (for
+   ONNX int4).
 2. The measurement: every GGUF type with and without an importance matrix (calibrated on
    training documents), ONNX int8 and the int4 algorithms x block sizes x output-head bits
    (HQQ and GPTQ, slow here, at block 32 only), and the fine-tuned models' 4-bit exports,
    each compared with its PyTorch fp32 model at every position of full-context windows of
    held-out documents (hslm-parity's measurements: top-1, mean and p99 KL, perplexity ratio,
-   greedy agreement), with bits per parameter and decode tokens/s (1 thread).
+   greedy agreement), with bits per parameter (weights alone, and the whole file) and decode
+   tokens/s (1 thread); then the decode speeds of the 4-bit defaults, taken in turns.
 
     python benchmarks/quant_quality.py [--cache DIR] [--windows 4] [--qat-steps 40]
+    python benchmarks/quant_quality.py --speed-only    # the decode speeds again (idle machine)
     python benchmarks/quant_quality.py --render-only   # markdown + plot from the JSON
 
 Writes benchmarks/results/quant_quality.{json,md} and quant_quality.png, the JSON after every
@@ -25,21 +28,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
+import gguf
 import numpy as np
+import onnx
 
 from hslm.export.gguf import write_gguf
 from hslm.export.onnx import MODEL_FILE, export_onnx
 from hslm.loader import load_torch_model
-from hslm.parity import Reference, check_artifact, log_softmax, open_artifact
+from hslm.parity import (Reference, check_artifact, log_softmax, open_artifact,
+                         validation_windows)
 from hslm.quant.imatrix import calibration_text, compute_imatrix
 from hslm.quant.llama_cpp import LOW_BIT_TYPES, NEEDS_IMATRIX, quantize_gguf
 from hslm.quant.onnx import (ALGORITHMS, BLOCK_SIZE, BLOCK_SIZES, HEAD_BIT_CHOICES,
                              OnnxQuantizeError, QuantizeOptions, calibration_windows,
                              quantize_onnx_folder)
 from hslm.runtime.llama_cpp import load_gguf
+from hslm.tokenizer import Tokenizer
 from onnx_int4 import decode_tokens_per_s  # this folder's benchmark
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,14 +56,21 @@ RESULTS = Path(__file__).parent / "results"
 CONFIG = REPO / "configs" / "quant-reference-cpu.yaml"
 HELD_OUT_EVERY = 50  # every 50th document of each file is held out
 VOCAB = 8000
-# qat scheme -> the export it is for; "none" is the control: the same fine-tuning without QAT
-QAT_EXPORTS = {"none": None, "iq4_nl": ("gguf", "q4"), "onnx-int4": ("onnx", "rtn")}
+# qat scheme -> (format, type, algorithm) of the export it is for; "none" is the control: the
+# same fine-tuning without QAT
+QAT_EXPORTS = {"none": None, "q4_0": ("gguf", "q4_0", None), "iq4_nl": ("gguf", "q4", None),
+               "onnx-int4": ("onnx", "int4", "rtn")}
 CALIBRATION_EVERY = 50  # every 50th training document calibrates (imatrix, GPTQ)
 GGUF_TYPES = ("f16", "q8_0", "q4", "q4_0", *LOW_BIT_TYPES)
 THREADS = 1  # llama.cpp's spinning thread pool is far slower with 2 on a shared 2-core machine
 # HQQ and GPTQ take minutes to tens of minutes per export at these shapes (and HQQ's graphs
 # decode 20-60x slower, benchmarks/results/onnx_int4.md): measured at one block size only
 SLOW_ALGORITHMS = {"hqq": (32,), "gptq": (32,)}
+# The 4-bit defaults whose decode speeds are compared in turns (the files measured above)
+SPEED_EXPORTS = {"GGUF q4 (default)": "gguf/model-q4-0.gguf",
+                 "ONNX int4 default (rtn /32, 8-bit head)": "onnx/int4-rtn-32-h8",
+                 "ONNX int4 before (rtn /32, 4-bit head)": "onnx/int4-rtn-32-h4"}
+SPEED_ROUNDS = 20
 KEY_FIELDS = ("model", "format", "type", "imatrix", "algorithm", "block_size", "head_bits")
 
 
@@ -94,7 +109,7 @@ def train_run(config_overrides: list[str], tokenizer, out: Path) -> Path:
 def reference_models(cache: Path, data: Path, qat_steps: int) -> dict[str, Path]:
     """{"base": folder, "qat iq4_nl": folder, ...}, training what the cache lacks."""
     from hslm.data.shards import MANIFEST, write_shards_from_texts
-    from hslm.tokenizer import MODEL_FILE, Tokenizer, train_tokenizer_on_texts
+    from hslm.tokenizer import MODEL_FILE, train_tokenizer_on_texts
     cache.mkdir(parents=True, exist_ok=True)
     train_documents, _ = documents(data)
     if not (cache / "tokenizer" / MODEL_FILE).exists():
@@ -130,7 +145,33 @@ class Report:
     def add(self, row: dict) -> None:
         self.data["rows"].append(row)
         print(json.dumps(row, ensure_ascii=False), flush=True)
+        self.save()
+
+    def save(self) -> None:
         self.path.write_text(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
+
+
+def weight_bytes(path: Path) -> int:
+    """Bytes of the weights alone: a GGUF file's tensors, or an ONNX graph's initializers but its
+    RoPE cos/sin tables (llama.cpp computes those on the fly; the file sizes include both
+    formats' metadata and the tokenizer in the GGUF file)."""
+    if path.is_file():
+        return sum(int(tensor.n_bytes) for tensor in gguf.GGUFReader(path).tensors)
+    graph = onnx.load(str(path / MODEL_FILE)).graph
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    return sum(tensor_bytes(tensor) for tensor in graph.initializer
+               if consumers.get(tensor.name) != {"RotaryEmbedding"})
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Stored bytes of an initializer (4-bit types packed two to a byte)."""
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (count + 1) // 2
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def measure_artifact(reference: Reference, path: Path, parameters: int) -> dict:
@@ -141,9 +182,9 @@ def measure_artifact(reference: Reference, path: Path, parameters: int) -> dict:
     decoder = load_gguf(path, threads=THREADS)[0] if artifact.kind == "gguf" else artifact.source
     size = path.stat().st_size if path.is_file() else (path / MODEL_FILE).stat().st_size
     return {"file_type": artifact.type, "bits_per_parameter": size * 8 / parameters,
-            "mb": size / 1e6, **{k: result.logits[k] for k in
-                                 ("top1", "kl_mean", "kl_p99", "ppl", "ppl_reference",
-                                  "ppl_ratio")},
+            "weight_bits_per_parameter": weight_bytes(path) * 8 / parameters, "mb": size / 1e6,
+            **{k: result.logits[k] for k in ("top1", "kl_mean", "kl_p99", "ppl",
+                                             "ppl_reference", "ppl_ratio")},
             "greedy_agreement": [sum(s for s, _ in result.greedy_agreement),
                                  sum(n for _, n in result.greedy_agreement)],
             "tokens_per_s": decode_tokens_per_s(decoder, reference.windows[0][:64]),
@@ -235,12 +276,11 @@ def qat_rows(report: Report, models: dict[str, Path], held_out: list[str], windo
         scheme = name.removeprefix("qat ")
         exports = [QAT_EXPORTS[scheme]] if QAT_EXPORTS[scheme] else \
             [e for e in QAT_EXPORTS.values() if e]
-        keys = [{"model": name, "format": kind, "type": "q4" if kind == "gguf" else "int4",
-                 "imatrix": False if kind == "gguf" else None,
-                 "algorithm": None if kind == "gguf" else method,
+        keys = [{"model": name, "format": kind, "type": kind_type,
+                 "imatrix": False if kind == "gguf" else None, "algorithm": method,
                  "block_size": None if kind == "gguf" else 32,
                  "head_bits": None if kind == "gguf" else HEAD_BIT_CHOICES[-1]}
-                for kind, method in exports]
+                for kind, kind_type, method in exports]
         if all(report.has(**key) for key in keys):
             continue
         model, tokenizer = load_torch_model(folder)
@@ -251,9 +291,11 @@ def qat_rows(report: Report, models: dict[str, Path], held_out: list[str], windo
             if report.has(**key):
                 continue
             if key["format"] == "gguf":
-                f32 = write_gguf(model, tokenizer, out / "model-f32.gguf", "f32")
-                path = quantize_gguf(f32, out / "model-q4.gguf", "q4", threads=THREADS,
-                                     say=quiet).path
+                f32 = out / "model-f32.gguf"
+                if not f32.exists():
+                    write_gguf(model, tokenizer, f32, "f32")
+                path = quantize_gguf(f32, out / f"model-{key['type']}.gguf", key["type"],
+                                     threads=THREADS, say=quiet).path
             else:
                 export_onnx(model, tokenizer, out / "fp32")
                 path = out / "int4"
@@ -292,7 +334,24 @@ def measure(models: dict[str, Path], data: Path, windows: int, qat_steps: int,
     qat_rows(report, models, held_out, windows, work / "qat")
     onnx_rows(report, "base", model, tokenizer, reference, work / "onnx", calibration_file,
               slow=True)
+    report.data["decode_speed"] = decode_speed(work, reference.windows[0][:64])
+    report.save()
     return report
+
+
+def decode_speed(work: Path, prompt: list[int], rounds: int = SPEED_ROUNDS) -> dict:
+    """Decode tokens/s of the 4-bit defaults, today's and before, taken in turns (each round
+    decodes 32 steps with each export), so that other work on the machine slows all alike."""
+    sources = {name: (load_gguf(work / path, threads=THREADS)[0] if path.endswith(".gguf")
+                      else open_artifact(work / path, threads=THREADS).source)
+               for name, path in SPEED_EXPORTS.items()}
+    speeds: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(rounds):
+        for name, source in sources.items():
+            speeds[name].append(decode_tokens_per_s(source, prompt))
+    return {"threads": THREADS, "rounds": rounds, "tokens_per_s": {
+        name: {"median": statistics.median(s), "min": min(s), "max": max(s)}
+        for name, s in speeds.items()}}
 
 
 def row_name(row: dict) -> str:
@@ -311,12 +370,13 @@ def render(data: dict) -> str:
     base = [r for r in rows if r["model"] == "base"]
     gguf_q4 = next(r for r in base if r["format"] == "gguf" and r["type"] == "q4"
                    and not r["imatrix"])
-    header = ("| export | bits/param | top-1 | mean KL | KL / GGUF q4 | p99 KL | ppl ratio | "
-              "greedy | tokens/s |")
-    rule = "|---|---|---|---|---|---|---|---|---|"
+    header = ("| export | weight bits/param | file bits/param | top-1 | mean KL | KL / GGUF q4 | "
+              "p99 KL | ppl ratio | greedy | tokens/s |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|"
 
     def line(r, name):
-        return (f"| {name} | {r['bits_per_parameter']:.2f} | {100 * r['top1']:.2f}% | "
+        return (f"| {name} | {r['weight_bits_per_parameter']:.2f} | "
+                f"{r['bits_per_parameter']:.2f} | {100 * r['top1']:.2f}% | "
                 f"{r['kl_mean']:.2e} | {r['kl_mean'] / gguf_q4['kl_mean']:.2f} | "
                 f"{r['kl_p99']:.2e} | {r['ppl_ratio']:.4f} | {r['greedy_agreement'][0]}/"
                 f"{r['greedy_agreement'][1]} | {r['tokens_per_s']:.0f} |")
@@ -343,8 +403,9 @@ def render(data: dict) -> str:
     lines += [
         "", "Each export against the PyTorch fp32 model at every position (hslm-parity's "
         "measurements): top-1 agreement, mean and p99 KL, perplexity ratio, greedy tokens "
-        "shared over 4 prompts x 32; bits/param = file bytes x 8 / parameters (tied matrix "
-        "once); tokens/s = decode, 1 thread, median of 32 steps, on a 2-core machine running "
+        "shared over 4 prompts x 32; weight bits/param = bytes of the weight tensors x 8 / "
+        "parameters (the tied matrix once; ONNX's RoPE cos/sin tables, which llama.cpp "
+        "computes on the fly, left out); file bits/param the same for the whole file; tokens/s = decode, 1 thread, median of 32 steps, on a 2-core machine running "
         "other work (compare within a column only roughly). Importance matrix and GPTQ "
         f"calibrated on {data['calibration_characters']:,} characters of training documents.",
         "", "## Post-training quantization", "", header, rule]
@@ -366,12 +427,22 @@ def render(data: dict) -> str:
                   "| fine-tuning | export | KL vs own fp32 | top-1 | ppl | ppl / control fp32 |",
                   "|---|---|---|---|---|---|"]
         control_ppl = next((r["ppl_reference"] for r in qat if r["model"] == "qat none"), None)
-        for r in qat:
+        for r in sorted(qat, key=lambda r: (row_name(r), r["model"] != "qat none")):
             ratio = f"{r['ppl'] / control_ppl:.4f}" if control_ppl else ""
             lines.append(f"| {r['model']} | {row_name(r)} | {r['kl_mean']:.2e} | "
                          f"{100 * r['top1']:.2f}% | {r['ppl']:.2f} | {ratio} |")
         if control_ppl:
             lines.append(f"\nControl fp32 perplexity: {control_ppl:.2f}.")
+    if "decode_speed" in data:
+        speed = data["decode_speed"]
+        lines += ["", "## Decode speed of the 4-bit defaults", "",
+                  f"Taken in turns: {speed['rounds']} rounds, each decoding 32 steps after a "
+                  f"64-token prompt with every export ({speed['threads']} thread), so that "
+                  "other work on the machine slows all alike.", "",
+                  "| export | tokens/s (median of rounds) | slowest round | fastest round |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {t['median']:.0f} | {t['min']:.0f} | {t['max']:.0f} |"
+                  for name, t in speed["tokens_per_s"].items()]
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -387,13 +458,13 @@ def render(data: dict) -> str:
     for label, keep in families.items():
         chosen = [r for r in base if keep(r) and r["type"] != "f16"]
         for axis, field in ((kl_axis, "kl_mean"), (ppl_axis, "ppl_ratio")):
-            axis.scatter([r["bits_per_parameter"] for r in chosen], [r[field] for r in chosen],
-                         label=label, s=18)
+            axis.scatter([r["weight_bits_per_parameter"] for r in chosen],
+                         [r[field] for r in chosen], label=label, s=18)
     kl_axis.set_yscale("log")
     kl_axis.set_ylabel("mean KL vs PyTorch fp32")
     ppl_axis.set_ylabel("perplexity / PyTorch fp32 perplexity")
     for axis in (kl_axis, ppl_axis):
-        axis.set_xlabel("bits per parameter (file)")
+        axis.set_xlabel("bits per parameter (weights)")
         axis.grid(alpha=0.3)
     kl_axis.legend(fontsize=7)
     figure.suptitle(f"hslm reference model ({data['parameters'] / 1e6:.1f}M parameters), "
@@ -417,12 +488,22 @@ def main() -> None:
                         help="train what the cache lacks and stop")
     parser.add_argument("--measure-only", action="store_true",
                         help="measure the models the cache has, without training")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="measure again the decode speeds of the 4-bit defaults, in turns, "
+                             "from the cached exports (best on an otherwise idle machine)")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the markdown and the plot from the saved JSON")
     args = parser.parse_args()
-    if args.render_only:
-        (RESULTS / "quant_quality.md").write_text(render(json.loads(
-            (RESULTS / "quant_quality.json").read_text())))
+    results = RESULTS / "quant_quality.json"
+    if args.speed_only:
+        data = json.loads(results.read_text())
+        tokenizer = Tokenizer.load(args.cache / "tokenizer")
+        prompt = validation_windows(tokenizer, documents(args.data)[1],
+                                    data["config"]["context_length"], 1)[0][:64]
+        data["decode_speed"] = decode_speed(args.cache / "exports", prompt)
+        results.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    if args.render_only or args.speed_only:
+        (RESULTS / "quant_quality.md").write_text(render(json.loads(results.read_text())))
         return
     if args.measure_only:
         models = {"base": args.cache / "base" / "model"} | {
