@@ -159,7 +159,8 @@ def prepare(args) -> None:
 
 def train_tokenizer_on_documents(args) -> None:
     from hslm.data.sources import SourceError, SourceOptions, read_texts, resolve_inputs
-    from hslm.tokenizer import TokenizerError, train_tokenizer_on_texts
+    from hslm.tokenizer import TokenizerError
+    from hslm.tokenizer_train import train_tokenizer_on_texts
 
     try:
         files = resolve_inputs(args.inputs)

@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from hslm.apps.common import UsageError, command, fail
 from hslm.tokenizer import (HF_CONFIG_FILE, HF_TOKENIZER_FILE, MODEL_FILE, Tokenizer,
-                            TokenizerError, fertility, merge_fertility, read_lines,
-                            train_tokenizer)
+                            TokenizerError, fertility, merge_fertility, read_lines)
+from hslm.tokenizer_train import train_tokenizer
 
 INPUTS_HELP = "text files (UTF-8, one line per sentence or paragraph), folders (their *.txt " \
               "files, not recursive) or quoted glob patterns"

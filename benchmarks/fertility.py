@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hslm.tokenizer import fertility, merge_fertility, read_lines, train_tokenizer
+from hslm.tokenizer import fertility, merge_fertility, read_lines
+from hslm.tokenizer_train import train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -73,7 +74,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# Tokenizer fertility (tokens per word, held-out text)",
         "",
-        f"SentencePiece BPE trained by `hslm.tokenizer.train_tokenizer` on the first "
+        f"SentencePiece BPE trained by `hslm.tokenizer_train.train_tokenizer` on the first "
         f"{1 - report['held_out_fraction']:.0%} of the lines of every file in "
         f"`{report['data_dir']}` ({report['train_bytes'] / 1e6:.1f} MB); measured on the last "
         f"{report['held_out_fraction']:.0%}. Words are whitespace-separated, after hslm's "

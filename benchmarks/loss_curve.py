@@ -23,7 +23,8 @@ from hslm.config import ModelConfig
 from hslm.data.shards import TokenShards, write_shards_from_texts
 from hslm.export.hf import save_hf
 from hslm.model import Gemma3
-from hslm.tokenizer import Tokenizer, read_lines, train_tokenizer
+from hslm.tokenizer import Tokenizer, read_lines
+from hslm.tokenizer_train import train_tokenizer
 from hslm.train.config import TrainConfig
 from hslm.train.distributed import World
 from hslm.train.loop import TrainStep, train

@@ -131,7 +131,7 @@ def export_all(work: Path):
     from hslm.export.onnx import export_onnx
     from hslm.model import Gemma3
     from hslm.quant.onnx import quantize_onnx_folder
-    from hslm.tokenizer import train_tokenizer
+    from hslm.tokenizer_train import train_tokenizer
 
     # Any hslm tokenizer will do (the graph's vocabulary stays 50k): an 8k one trains in seconds.
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "hindi"

@@ -109,7 +109,8 @@ def train_run(config_overrides: list[str], tokenizer, out: Path) -> Path:
 def reference_models(cache: Path, data: Path, qat_steps: int) -> dict[str, Path]:
     """{"base": folder, "qat iq4_nl": folder, ...}, training what the cache lacks."""
     from hslm.data.shards import MANIFEST, write_shards_from_texts
-    from hslm.tokenizer import MODEL_FILE, train_tokenizer_on_texts
+    from hslm.tokenizer import MODEL_FILE
+    from hslm.tokenizer_train import train_tokenizer_on_texts
     cache.mkdir(parents=True, exist_ok=True)
     train_documents, _ = documents(data)
     if not (cache / "tokenizer" / MODEL_FILE).exists():

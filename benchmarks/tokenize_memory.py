@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hslm.tokenizer import train_tokenizer
+from hslm.tokenizer_train import train_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]

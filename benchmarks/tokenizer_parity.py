@@ -43,7 +43,8 @@ from hslm.export.gguf import write_gguf
 from hslm.export.onnx import write_folder_files
 from hslm.model import Gemma3
 from hslm.normalize import normalize
-from hslm.tokenizer import HF_TOKENIZER_FILE, Tokenizer, read_lines, train_tokenizer
+from hslm.tokenizer import HF_TOKENIZER_FILE, Tokenizer, read_lines
+from hslm.tokenizer_train import train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"

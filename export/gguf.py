@@ -21,7 +21,7 @@ import torch
 from hslm import __version__
 from hslm.config import ModelConfig
 from hslm.model import Gemma3
-from hslm.tokenizer import CHAT_TEMPLATE
+from hslm.chat import CHAT_TEMPLATE
 
 ARCH = gguf.MODEL_ARCH.GEMMA3
 ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]

@@ -32,7 +32,7 @@ from torch import nn
 from hslm import __version__
 from hslm.export.onnx_attention import FusedAttentionPastKV, translation_table
 from hslm.model import Gemma3
-from hslm.tokenizer import CHAT_TEMPLATE
+from hslm.chat import CHAT_TEMPLATE
 
 MODEL_FILE = "model.onnx"
 GENAI_CONFIG_FILE = "genai_config.json"

@@ -32,8 +32,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from hslm.normalize import _DEVANAGARI as DEVANAGARI
 from hslm.normalize import _DEVANAGARI_LETTER as DEVANAGARI_LETTER
 from hslm.normalize import _FIXES as SINGLE_CHARACTER_FIXES
-from hslm.tokenizer import (BOS, CHAT_TEMPLATE, EOS, HF_CONFIG_FILE, HF_TOKENIZER_FILE, PAD,
-                            UNK)
+from hslm.chat import CHAT_TEMPLATE
+from hslm.tokenizer import BOS, EOS, HF_CONFIG_FILE, HF_TOKENIZER_FILE, PAD, UNK
 
 __all__ = ["normalizer", "to_hf_tokenizer", "tokenizer_config", "save_hf_files"]
 

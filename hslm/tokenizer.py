@@ -21,44 +21,31 @@ Control ids come only from hslm's own code, never from text. `Tokenizer.encode` 
 as text: a "<eos>" (or any other special token's name) in a web page, an SFT message or a
 user's prompt becomes the pieces of its characters, as plain SentencePiece does, and decodes
 back to itself. Document boundaries (`<bos>` ... `<eos>`) are added as ids by the shard writer;
-a conversation's `<bos>`, `<start_of_turn>` and `<end_of_turn>` come from `encode_chat`, which
-encodes the template's structure as ids and every message as text, so no message can end a
-turn or forge one. (The Jinja template in tokenizer_config.json renders a string that
-transformers, llama.cpp --jinja and onnxruntime-genai then parse for special tokens: for
-ordinary messages their ids equal `encode_chat`'s, but those tools do not guard against
-control strings inside messages.)
+a conversation's `<bos>`, `<start_of_turn>` and `<end_of_turn>` by `hslm.chat.encode_chat`.
+
+Training is in `hslm.tokenizer_train`, the tokenizer.json conversion in `hslm.hf_tokenizer`,
+the chat format in `hslm.chat`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import math
 import os
-import random
 import re
-import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import sentencepiece as spm
 from google.protobuf.message import DecodeError
 from sentencepiece.sentencepiece_model_pb2 import ModelProto
 from tokenizers import Tokenizer as HFTokenizer
-from tqdm import tqdm
 
-from hslm.data.sources import cut_text
 from hslm.normalize import normalize
 
 __all__ = [
     "PAD", "EOS", "BOS", "UNK", "START_OF_TURN", "END_OF_TURN", "SPECIAL_TOKENS",
-    "MODEL_FILE", "HF_TOKENIZER_FILE", "HF_CONFIG_FILE", "CHAT_TEMPLATE", "ChatPart",
-    "chat_parts", "render_chat", "encode_chat", "encode_chat_parts",
-    "WHITESPACE_TOKENS", "TokenizerError", "Tokenizer", "train_tokenizer",
-    "train_tokenizer_on_texts", "read_lines",
-    "fertility", "merge_fertility",
+    "MODEL_FILE", "HF_TOKENIZER_FILE", "HF_CONFIG_FILE", "WHITESPACE_TOKENS", "TokenizerError",
+    "Tokenizer", "read_lines", "require_file", "fertility", "merge_fertility",
 ]
 
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
@@ -72,34 +59,6 @@ HF_CONFIG_FILE = "tokenizer_config.json"
 MODEL_MAX_LENGTH = 1024  # the hindi-270m context; callers that know the model pass theirs
 
 _Piece = ModelProto.SentencePiece
-
-# Gemma's conversation format: an optional system message goes in front of the first user
-# turn, "assistant" is spelled "model", every turn's text is trimmed. `chat_parts` is the same
-# rules in Python; the tests hold the two to each other.
-CHAT_TEMPLATE = (
-    "{%- if not messages -%}{{ raise_exception('the conversation has no messages') }}{%- endif -%}"
-    "{%- for message in messages -%}{%- if message.content is not string -%}"
-    "{{ raise_exception('message content must be a string') }}"
-    "{%- endif -%}{%- endfor -%}"
-    "{%- if messages[0].role == 'system' -%}"
-    "{%- set system_prefix = messages[0].content + '\\n\\n' -%}{%- set turns = messages[1:] -%}"
-    "{%- if not turns -%}"
-    "{{ raise_exception('a system message must be followed by a user message') }}"
-    "{%- endif -%}"
-    "{%- else -%}{%- set system_prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
-    "{{ bos_token }}"
-    "{%- for message in turns -%}"
-    "{%- set role = 'model' if message.role in ('assistant', 'model') else message.role -%}"
-    "{%- if role != ('user' if loop.index0 % 2 == 0 else 'model') -%}"
-    "{{ raise_exception('roles must alternate user, assistant, user, ... after an optional "
-    "system message') }}"
-    "{%- endif -%}"
-    "{{ '<start_of_turn>' + role + '\\n' + (system_prefix if loop.first else '') }}"
-    "{{ (message.content | trim) + '<end_of_turn>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
-)
-
 
 _UNDECODABLE = re.compile("([\udc80-\udcff]+)")
 
@@ -229,7 +188,9 @@ class Tokenizer:
 
     def encode_chat(self, messages: Sequence[dict],
                     add_generation_prompt: bool = True) -> list[int]:
-        """See `encode_chat` (the module's function)."""
+        """See `hslm.chat.encode_chat`."""
+        from hslm.chat import encode_chat  # it imports this module's names
+
         return encode_chat(self, messages, add_generation_prompt)
 
     # ---------------------------------------------------------------- files
@@ -249,74 +210,6 @@ class Tokenizer:
         from hslm.hf_tokenizer import to_hf_tokenizer
 
         return to_hf_tokenizer(self)
-
-
-class ChatPart(NamedTuple):
-    """One piece of a conversation in Gemma's format: a control token the template puts there,
-    or text."""
-
-    text: str  # the text, or the control token's name (BOS, START_OF_TURN or END_OF_TURN)
-    control: bool
-    answer: bool = False  # a model turn's own text and end: what fine-tuning learns
-
-
-def chat_parts(messages: Sequence[dict], add_generation_prompt: bool = True) -> list[ChatPart]:
-    """A conversation ([{"role": ..., "content": ...}, ...]) in Gemma's format, as the Jinja
-    `chat_template` in tokenizer_config.json renders it, cut into control tokens and text.
-    Only the template's structure is a control part; message content is always text."""
-    if not messages:
-        raise TokenizerError("the conversation has no messages")
-    if not all(isinstance(message, dict) for message in messages):
-        raise TokenizerError("every message must be a {'role': ..., 'content': ...} object")
-    if not all(isinstance(message.get("content"), str) for message in messages):
-        raise TokenizerError("message content must be a string")
-    system_prefix, turns = "", list(messages)
-    if messages[0].get("role") == "system":
-        system_prefix, turns = messages[0]["content"] + "\n\n", turns[1:]
-        if not turns:
-            raise TokenizerError("a system message must be followed by a user message")
-    parts = [ChatPart(BOS, True)]
-    for index, message in enumerate(turns):
-        role = "model" if message.get("role") in ("assistant", "model") else message.get("role")
-        if role != ("user" if index % 2 == 0 else "model"):
-            raise TokenizerError("roles must alternate user, assistant, user, ... after an "
-                                 "optional system message")
-        prefix = system_prefix if index == 0 else ""
-        answer = role == "model"
-        # The header is a part of its own: it is also the generation prompt, which a model
-        # turn's text must follow with the token boundaries inference will have.
-        parts += [ChatPart(START_OF_TURN, True), ChatPart(f"{role}\n", False),
-                  ChatPart(prefix + message["content"].strip(), False, answer),
-                  ChatPart(END_OF_TURN, True, answer), ChatPart("\n", False, answer)]
-    if add_generation_prompt:
-        parts += [ChatPart(START_OF_TURN, True), ChatPart("model\n", False)]
-    return parts
-
-
-def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-    """The conversation as the Jinja `chat_template` renders it (a string that starts with
-    "<bos>"), for display and for tools that take the template; hslm encodes conversations
-    with `encode_chat`, never by parsing this string."""
-    return "".join(part.text for part in chat_parts(messages, add_generation_prompt))
-
-
-def encode_chat_parts(tokenizer, parts: Sequence[ChatPart]) -> list[list[int]]:
-    """The ids of each part: a control part its token's id, a text part `tokenizer.encode` of
-    its text (text only). `tokenizer` is hslm's or a backend's with the same interface."""
-    control_ids = {BOS: tokenizer.bos_id, START_OF_TURN: tokenizer.start_of_turn_id,
-                   END_OF_TURN: tokenizer.end_of_turn_id}
-    return [[control_ids[part.text]] if part.control else tokenizer.encode(part.text)
-            for part in parts]
-
-
-def encode_chat(tokenizer, messages: Sequence[dict],
-                add_generation_prompt: bool = True) -> list[int]:
-    """The ids of a conversation, `<bos>` first: control ids only where the template puts them,
-    every message encoded as text (a "<end_of_turn>" written in a message stays text). For
-    messages without special token names these are the ids of `render_chat`'s string parsed
-    for special tokens, as transformers does."""
-    parts = chat_parts(messages, add_generation_prompt)
-    return [token for ids in encode_chat_parts(tokenizer, parts) for token in ids]
 
 
 def _check_supported(proto: ModelProto) -> None:
@@ -347,135 +240,12 @@ def _bytes_of(piece: ModelProto.SentencePiece) -> bytes:
     return b""
 
 
-# -------------------------------------------------------------------- training
-def train_tokenizer(input_files: Sequence[Path], output_dir: Path, vocab_size: int = 50_000, *,
-                    max_sentence_chars: int = 4096, input_sentence_size: int = 5_000_000,
-                    character_coverage: float = 0.9995, num_threads: int | None = None,
-                    progress: bool = False) -> Tokenizer:
-    """Train a SentencePiece BPE tokenizer on UTF-8 text files and save it to `output_dir`
-    (`train_tokenizer_on_texts` on their lines). `progress` reports on stderr: a bar while the
-    files are read, then a line."""
-    input_files = [Path(path) for path in input_files]
-    if not input_files:
-        raise TokenizerError("no input files given")
-    for path in input_files:  # all of them before reading any: reading may take long
-        _require_file(path)
-    return train_tokenizer_on_texts(
-        _lines_of_files(input_files, progress), output_dir, vocab_size,
-        max_sentence_chars=max_sentence_chars, input_sentence_size=input_sentence_size,
-        character_coverage=character_coverage, num_threads=num_threads, progress=progress)
-
-
-def train_tokenizer_on_texts(texts: Iterable[str], output_dir: Path, vocab_size: int = 50_000,
-                             *, max_sentence_chars: int = 4096,
-                             input_sentence_size: int = 5_000_000,
-                             character_coverage: float = 0.9995, num_threads: int | None = None,
-                             progress: bool = False) -> Tokenizer:
-    """Train a SentencePiece BPE tokenizer on `texts` and save it to `output_dir`.
-
-    Every line of every text is normalised; lines longer than `max_sentence_chars` are cut at
-    spaces (so SentencePiece does not drop them). At most `input_sentence_size` lines, a
-    random sample drawn while the texts are read, are used: only the sample is written to a
-    temporary file, and the same texts give the same sample and the same tokenizer.
-    """
-    smallest = len(SPECIAL_TOKENS) + len(WHITESPACE_TOKENS) + 256 + 1
-    if vocab_size < smallest:
-        raise TokenizerError(f"vocab_size {vocab_size} is too small: the special, whitespace "
-                             f"and 256 byte tokens alone take {smallest - 1}")
-    with tempfile.TemporaryDirectory(prefix="hslm-tokenizer-") as work_dir:
-        corpus = Path(work_dir) / "sample.txt"
-        if not _write_training_corpus(texts, corpus, max_sentence_chars, input_sentence_size):
-            raise TokenizerError("no text to train on")
-        if progress:
-            print(f"training SentencePiece BPE, vocab {vocab_size:,} ...", file=sys.stderr)
-        model = io.BytesIO()
-        try:
-            spm.SentencePieceTrainer.train(
-                input=str(corpus), model_writer=model, model_type="bpe",
-                vocab_size=vocab_size, character_coverage=character_coverage,
-                byte_fallback=True, split_digits=True,
-                normalization_rule_name="identity", add_dummy_prefix=False,
-                remove_extra_whitespaces=False,
-                max_sentence_length=4 * max_sentence_chars,  # bytes; UTF-8 is ≤ 4 per char
-                input_sentence_size=0,  # the sample is all used: SentencePiece's own is random
-                num_threads=num_threads or os.cpu_count(),
-                pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-                pad_piece=PAD, eos_piece=EOS, bos_piece=BOS, unk_piece=UNK,
-                control_symbols=[START_OF_TURN, END_OF_TURN],
-                user_defined_symbols=list(WHITESPACE_TOKENS),
-                minloglevel=2)
-        except RuntimeError as err:
-            raise TokenizerError(_explain_training_error(str(err), vocab_size)) from None
-    proto = ModelProto.FromString(model.getvalue())
-    # SentencePiece records its temporary paths and thread count, which do not change the
-    # pieces; without them the same text and settings give the same file and sha256.
-    del proto.trainer_spec.input[:]
-    proto.trainer_spec.ClearField("model_prefix")
-    proto.trainer_spec.ClearField("num_threads")
-    tokenizer = Tokenizer(proto.SerializeToString())
-    tokenizer.save(output_dir)
-    return tokenizer
-
-
-SAMPLE_SEED = 17  # the training sample depends on the texts only
-
-
-def _write_training_corpus(texts: Iterable[str], corpus: Path, max_sentence_chars: int,
-                           sample_size: int) -> int:
-    """Write a uniform random sample of at most `sample_size` of the normalised, non-empty
-    lines of `texts` (cut to `max_sentence_chars`) to `corpus`, one per line; return how
-    many (`sample_size` 0: every line). The sample is drawn while reading (reservoir
-    sampling, Li's algorithm L: a few random numbers per kept line), so only the sample is
-    ever held or written."""
-    sample_size = sample_size if sample_size > 0 else sys.maxsize
-    rng = random.Random(SAMPLE_SEED)
-    sample: list[str] = []
-    weight = math.exp(math.log(1 - rng.random()) / sample_size)
-    next_pick = sample_size + _skip(rng, weight)
-    index = 0
-    for text in texts:
-        for line in normalize(text).split("\n"):
-            for sentence in cut_text(line, max_sentence_chars):
-                if index < sample_size:
-                    sample.append(sentence)
-                elif index == next_pick:
-                    sample[rng.randrange(sample_size)] = sentence
-                    weight *= math.exp(math.log(1 - rng.random()) / sample_size)
-                    next_pick += 1 + _skip(rng, weight)
-                index += 1
-    with corpus.open("w", encoding="utf-8") as out:
-        out.writelines(sentence + "\n" for sentence in sample)
-    return len(sample)
-
-
-def _skip(rng: random.Random, weight: float) -> int:
-    """How many lines algorithm L passes over before it keeps the next one."""
-    if not 0 < weight < 1:
-        return sys.maxsize
-    return int(math.log(1 - rng.random()) / math.log(1 - weight))
-
-
-def _lines_of_files(input_files: list[Path], progress: bool) -> Iterator[str]:
-    """Every line of every file; a file with no text once normalised is an error."""
-    total_bytes = sum(path.stat().st_size for path in input_files)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="reading",
-              disable=not progress) as bar:
-        for path in input_files:
-            has_text = False
-            for line in read_lines(path, on_bytes_read=bar.update):
-                if not has_text and line.strip():  # normalised only until text is found
-                    has_text = bool(normalize(line).strip())
-                yield line
-            if not has_text:
-                raise TokenizerError(f"{path} has no text (it is empty, or empty once normalised)")
-
-
 def read_lines(path: str | Path, on_bytes_read: Callable[[int], object] | None = None
                ) -> Iterator[str]:
     """The lines of a UTF-8 text file, without line ends. A TokenizerError says which file and
     byte are at fault if it is missing or not UTF-8; `on_bytes_read` hears of progress."""
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     offset = 0
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
@@ -490,22 +260,10 @@ def read_lines(path: str | Path, on_bytes_read: Callable[[int], object] | None =
                 on_bytes_read(len(raw))
 
 
-def _require_file(path: Path) -> None:
+def require_file(path: Path) -> None:
     if not path.is_file():
         raise TokenizerError(f"{path} is not a file" if path.exists()
                              else f"file not found: {path}")
-
-
-def _explain_training_error(message: str, vocab_size: int) -> str:
-    too_high = re.search(r"Vocabulary size too high .*<= (\d+)", message)
-    if too_high:
-        return (f"vocab_size {vocab_size:,} is too large for this text: it supports at most "
-                f"{int(too_high.group(1)):,} tokens; lower the vocabulary size or add text")
-    too_small = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
-    if too_small:
-        return (f"vocab_size {vocab_size:,} is too small for this text: its characters and the "
-                f"special tokens alone need {int(too_small.group(1)):,}")
-    return f"SentencePiece training failed: {message}"
 
 
 # -------------------------------------------------------------------- measurement

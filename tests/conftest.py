@@ -29,7 +29,8 @@ def hindi_data_dir() -> Path:
 def trained_tokenizer_dir(hindi_data_dir, tmp_path_factory) -> Path:
     """A folder with an 8,000-token tokenizer trained on every 10th line of each data file
     (about 2 MB of text; under a second to train)."""
-    from hslm.tokenizer import read_lines, train_tokenizer
+    from hslm.tokenizer import read_lines
+    from hslm.tokenizer_train import train_tokenizer
 
     sample_dir = tmp_path_factory.mktemp("tokenizer-sample")
     for path in sorted(hindi_data_dir.glob("*.txt")):

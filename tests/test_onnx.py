@@ -21,7 +21,8 @@ from hslm.parity import kl_divergence, validation_windows
 from hslm.quant.onnx import OnnxQuantizeError, quantize_onnx_folder
 from hslm.runtime import Runtime, RuntimeLoadError, load
 from hslm.runtime.onnx import OnnxLoadError, load_onnx
-from hslm.tokenizer import CHAT_TEMPLATE, HF_CONFIG_FILE, HF_TOKENIZER_FILE, render_chat
+from hslm.chat import CHAT_TEMPLATE, render_chat
+from hslm.tokenizer import HF_CONFIG_FILE, HF_TOKENIZER_FILE
 from hslm.tokenizer import MODEL_FILE as TOKENIZER_MODEL_FILE
 from model_factory import (WINDOW, briefly_trained_model, left_padded_batch, make_config,
                            make_model)
@@ -249,7 +250,7 @@ def test_generate_command_refuses_a_folder_without_a_graph(tmp_path, capsys):
 
 
 def _other_tokenizer(folder, hindi_data_dir, tmp_path):
-    from hslm.tokenizer import train_tokenizer
+    from hslm.tokenizer_train import train_tokenizer
 
     text = (hindi_data_dir / "news_headlines_bbc_hindi.txt").read_text("utf-8")[:100_000]
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")

@@ -10,9 +10,10 @@ import json
 import pytest
 
 from hslm.normalize import normalize
-from hslm.tokenizer import (CHAT_TEMPLATE, HF_CONFIG_FILE, HF_TOKENIZER_FILE, MODEL_FILE,
-                            SPECIAL_TOKENS, Tokenizer, TokenizerError, fertility,
-                            merge_fertility, read_lines, render_chat, train_tokenizer)
+from hslm.chat import CHAT_TEMPLATE, render_chat
+from hslm.tokenizer import (HF_CONFIG_FILE, HF_TOKENIZER_FILE, MODEL_FILE, SPECIAL_TOKENS,
+                            Tokenizer, TokenizerError, fertility, merge_fertility, read_lines)
+from hslm.tokenizer_train import train_tokenizer
 
 EDGE_CASES = [
     "",

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from hslm.normalize import normalize
-from hslm.tokenizer import TokenizerError, encode_chat
+from hslm.chat import encode_chat
+from hslm.tokenizer import TokenizerError
 
 _BYTE_PIECE_LENGTH = len("<0x00>")
 # The KV cache llama.cpp allocates by default: the file's context, at most this. A file's

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hslm.tokenizer import Tokenizer, TokenizerError, chat_parts, encode_chat_parts
+from hslm.chat import chat_parts, encode_chat_parts
+from hslm.tokenizer import Tokenizer, TokenizerError
 from hslm.train.loss import IGNORE
 
 
