@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, metavar="N",
                         help="ONNX int4/int8: weights per scale, 16, 32 (default), 64 or 128")
     parser.add_argument("--head-bits", type=int, choices=(4, 8), metavar="BITS",
-                        help="ONNX int4: bits of the output head, 4 (default) or 8 (as llama.cpp "
-                             "keeps it in its 4-bit files)")
+                        help="ONNX int4: bits of the output head, 8 (default, as llama.cpp "
+                             "keeps it in its 4-bit files) or 4")
     parser.add_argument("--imatrix-out", metavar="PATH",
                         help="GGUF: keep the importance matrix computed from --calibration here")
     parser.add_argument("--imatrix", metavar="PATH",

@@ -80,7 +80,6 @@ class QuantizeOptions:
     calibration: tuple[tuple[int, ...], ...] = ()
     head_bits: int = HEAD_BITS
 
-
     def check(self, config: ModelConfig | None = None) -> None:
         """Raises OnnxQuantizeError for options that cannot work (on `config`'s shapes)."""
         if self.kind not in BITS:
