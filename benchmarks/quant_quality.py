@@ -32,7 +32,6 @@ import statistics
 import time
 from pathlib import Path
 
-import gguf
 import numpy as np
 import onnx
 
@@ -46,8 +45,9 @@ from hslm.quant.llama_cpp import LOW_BIT_TYPES, NEEDS_IMATRIX, quantize_gguf
 from hslm.quant.onnx import (ALGORITHMS, BLOCK_SIZE, BLOCK_SIZES, HEAD_BIT_CHOICES,
                              OnnxQuantizeError, QuantizeOptions, calibration_windows,
                              quantize_onnx_folder)
-from hslm.runtime.llama_cpp import load_gguf
-from hslm.tokenizer import Tokenizer
+from hslm.runtime.llama_cpp import gguf_summary, load_gguf
+from hslm.runtime.onnx import initializer_bytes
+from hslm.tokenizer import Tokenizer, read_lines
 from onnx_int4 import decode_tokens_per_s  # this folder's benchmark
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,6 @@ KEY_FIELDS = ("model", "format", "type", "imatrix", "algorithm", "block_size", "
 def documents(data: Path) -> tuple[list[str], list[str]]:
     """(training documents, held-out documents): each file's lines, every HELD_OUT_EVERY-th
     held out, so both splits draw from every source."""
-    from hslm.tokenizer import read_lines
     files = sorted(data.glob("*.txt"))
     if not files:
         raise SystemExit(f"no *.txt files in {data}")
@@ -157,22 +156,14 @@ def weight_bytes(path: Path) -> int:
     RoPE cos/sin tables (llama.cpp computes those on the fly; the file sizes include both
     formats' metadata and the tokenizer in the GGUF file)."""
     if path.is_file():
-        return sum(int(tensor.n_bytes) for tensor in gguf.GGUFReader(path).tensors)
-    graph = onnx.load(str(path / MODEL_FILE)).graph
+        return gguf_summary(path)[1]
+    graph = onnx.load(str(path / MODEL_FILE), load_external_data=False).graph
     consumers: dict[str, set[str]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, set()).add(node.op_type)
-    return sum(tensor_bytes(tensor) for tensor in graph.initializer
+    return sum(initializer_bytes(tensor) for tensor in graph.initializer
                if consumers.get(tensor.name) != {"RotaryEmbedding"})
-
-
-def tensor_bytes(tensor: onnx.TensorProto) -> int:
-    """Stored bytes of an initializer (4-bit types packed two to a byte)."""
-    count = int(np.prod(tensor.dims, dtype=np.int64))
-    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-        return (count + 1) // 2
-    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def measure_artifact(reference: Reference, path: Path, parameters: int) -> dict:

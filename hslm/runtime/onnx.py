@@ -91,8 +91,6 @@ _LOOKUP_OPS = {"Gather", "GatherBlockQuantized"}
 def onnx_summary(path: str | Path) -> tuple[str, int]:
     """(the folder's type: fp32, int8 or int4; bytes of the weights decoding reads per token:
     every initializer except tables only looked up). Raises OnnxLoadError."""
-    import onnx
-
     path = Path(path)
     graph = path / MODEL_FILE if path.is_dir() else path
     model = _read_graph(graph)
@@ -102,13 +100,19 @@ def onnx_summary(path: str | Path) -> tuple[str, int]:
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, set()).add(node.op_type)
-    read = 0
-    for tensor in model.graph.initializer:
-        if consumers.get(tensor.name) and consumers[tensor.name] <= _LOOKUP_OPS:
-            continue
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        read += int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    read = sum(initializer_bytes(tensor) for tensor in model.graph.initializer
+               if not (consumers.get(tensor.name) and consumers[tensor.name] <= _LOOKUP_OPS))
     return metadata.get(META_PREFIX + "quantization", "fp32"), read
+
+
+def initializer_bytes(tensor) -> int:
+    """Stored bytes of an ONNX initializer (the 4-bit types packed two to a byte)."""
+    import onnx
+
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (count + 1) // 2
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def _read_graph(graph: Path):
