@@ -487,6 +487,15 @@ def main() -> None:
                         help="rewrite the markdown and the plot from the saved JSON")
     args = parser.parse_args()
     results = RESULTS / "quant_quality.json"
+    if (args.render_only or args.speed_only) and not results.exists():
+        raise SystemExit(f"no results to render: {results} does not exist (run the benchmark)")
+    needed = ([args.cache / "exports" / path for path in SPEED_EXPORTS.values()]
+              if args.speed_only else [args.cache / "base" / "model" / "config.json"]
+              if args.measure_only else [])
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:
+        raise SystemExit(f"not in the cache {args.cache}: {', '.join(missing)} (run the "
+                         "benchmark without --speed-only/--measure-only to make them)")
     if args.speed_only:
         data = json.loads(results.read_text())
         tokenizer = Tokenizer.load(args.cache / "tokenizer")
